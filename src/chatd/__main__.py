@@ -1,0 +1,4 @@
+from chatd.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""POST /v1/chat/completions: JSON or SSE around the chat layer's deltas."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from chatd.api.context import ServerContext, context
+from chatd.api.errors import APIError, sse_error_event
+from chatd.api.protocol import (
+    SSE_DONE,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    TokenLogprobOut,
+    Usage,
+)
+from chatd.chat.errors import ChatRequestError, GenerationFailed
+from chatd.chat.service import ChoiceDelta, PreparedChat, UsageCount
+
+log = logging.getLogger("chatd.api")
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    ctx = context(request)
+    ctx.auth.check(request)
+    if body.model != ctx.model_name:
+        raise APIError.model_not_found(body.model)
+    chat = ctx.chat
+    try:
+        prepared = await chat.prepare(body)
+    except ChatRequestError as exc:
+        raise APIError.from_chat_error(exc) from exc
+    completion_id = "chatcmpl-" + uuid.uuid4().hex
+    created = int(time.time())
+    if body.stream:
+        events = _sse(ctx, prepared, body, completion_id, created)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})
+    return await _complete(ctx, prepared, body, completion_id, created)
+
+
+def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
+    if entries is None:
+        return None
+    return ChoiceLogprobs(content=[TokenLogprobOut.model_validate(e) for e in entries])
+
+
+def _usage(count: UsageCount) -> Usage:
+    return Usage.from_counts(count.prompt_tokens, count.completion_tokens, count.cached_tokens)
+
+
+async def _complete(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionRequest,
+                    completion_id: str, created: int) -> Response:
+    n = prepared.n
+    texts: list[list[str]] = [[] for _ in range(n)]
+    logprobs: list[list[dict] | None] = [
+        [] if body.logprobs else None for _ in range(n)]
+    finish: list[str] = ["stop"] * n
+    usage = UsageCount()
+    try:
+        async with contextlib.aclosing(ctx.chat.run(prepared, usage)) as deltas:
+            async for delta in deltas:
+                texts[delta.index].append(delta.content)
+                entries = logprobs[delta.index]
+                if entries is not None and delta.logprobs:
+                    entries.extend(delta.logprobs)
+                if delta.finish_reason:
+                    finish[delta.index] = delta.finish_reason
+    except GenerationFailed as exc:
+        log.error("generation failed: %s", exc)
+        raise APIError.internal() from exc
+    completion = ChatCompletion(
+        id=completion_id, created=created, model=ctx.model_name,
+        system_fingerprint=ctx.fingerprint,
+        choices=[
+            Choice(index=i, message=ChatMessage(content="".join(texts[i])),
+                   logprobs=_logprobs(logprobs[i]), finish_reason=finish[i])  # type: ignore[arg-type]
+            for i in range(n)
+        ],
+        usage=_usage(usage),
+    )
+    return Response(completion.to_json(), media_type="application/json")
+
+
+async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionRequest,
+               completion_id: str, created: int) -> AsyncIterator[str]:
+    """OpenAI's sequence: role chunk per choice, content chunks, one finish chunk per
+    choice, the optional usage chunk, then [DONE]; a late failure is an error event."""
+    include_usage = body.include_usage()
+    want_logprobs = bool(body.logprobs)
+
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        return ChatCompletionChunk(
+            id=completion_id, created=created, model=ctx.model_name,
+            system_fingerprint=ctx.fingerprint,
+            choices=choices, usage=usage,
+        ).to_sse(include_usage)
+
+    def content_chunk(delta: ChoiceDelta) -> str:
+        return chunk([ChunkChoice(
+            index=delta.index, delta=Delta(content=delta.content),
+            logprobs=_logprobs(delta.logprobs) if want_logprobs else None)])
+
+    for i in range(prepared.n):
+        yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content="",
+                                                      refusal=None))])
+    usage = UsageCount()
+    try:
+        async with contextlib.aclosing(ctx.chat.run(prepared, usage)) as deltas:
+            async for delta in deltas:
+                if delta.content or (want_logprobs and delta.logprobs):
+                    yield content_chunk(delta)
+                if delta.finish_reason:
+                    yield chunk([ChunkChoice(index=delta.index, delta=Delta(),
+                                             finish_reason=delta.finish_reason)])  # type: ignore[arg-type]
+    except Exception as exc:  # headers are sent: end the stream properly, never tear it
+        if isinstance(exc, GenerationFailed):
+            log.error("generation failed mid-stream: %s", exc)
+        else:
+            log.exception("error while streaming")
+        yield sse_error_event(APIError.internal())
+        yield SSE_DONE
+        return
+    if include_usage:
+        yield chunk([], usage=_usage(usage))
+    yield SSE_DONE

@@ -1,0 +1,280 @@
+"""The engine: one thread that owns llama.cpp and runs continuous batching.
+
+`generate()` is called on the asyncio loop; it queues the request and returns a
+stream. The engine thread wakes, admits queued requests, and runs steps: one
+`llama_decode` holding the next token of every running sequence plus chunks of
+waiting prompts, then one sample per sequence that produced logits. Events cross
+back with `loop.call_soon_threadsafe`, once per request per step. ctypes releases
+the GIL during decode, so the HTTP loop keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from chatd.engine.llama import DecodeError, LlamaModel
+from chatd.engine.sampling import Sampler, log_softmax_at, top_ids
+from chatd.engine.scheduler import Scheduler, StepPlan
+from chatd.engine.sequence import Group, Sequence, Status
+from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob
+
+log = logging.getLogger("chatd.engine")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_running: int = 8        # sequences decoded together
+    n_slots: int = 16           # llama.cpp sequence ids: running + prefix cache entries
+    ctx_size: int = 8192        # most tokens one sequence may hold
+    batch_tokens: int = 512     # tokens in one llama_decode
+    prefill_chunk: int = 64     # prompt tokens per step while others decode
+
+
+class EngineStopped(RuntimeError):
+    pass
+
+
+class GenerationStream:
+    """Async iterator over a request's TokenEvents; leaving it early cancels."""
+
+    def __init__(self, engine: Engine, group: Group) -> None:
+        self._engine = engine
+        self._group = group
+        self._buffer: deque[TokenEvent] = deque()
+        self._open = len(group.seqs)
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        while not self._buffer:
+            if self._open == 0:
+                raise StopAsyncIteration
+            try:
+                events = await self._group.queue.get()
+            except BaseException:
+                self.cancel()
+                raise
+            self._buffer.extend(events)
+        event = self._buffer.popleft()
+        if event.finish_reason is not None:
+            self._open -= 1
+        return event
+
+    def cancel(self, index: int | None = None) -> None:
+        """Stop one choice (a stop string matched) or all of them (client gone)."""
+        if index is None:
+            self._group.cancel_all = True
+        else:
+            self._group.cancelled.add(index)
+        self._engine.wake()
+
+    async def aclose(self) -> None:
+        if self._open:
+            self.cancel()
+
+
+class Engine:
+    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self.scheduler = Scheduler(
+            model, n_slots=config.n_slots, kv_cells=model.kv_cells,
+            max_running=config.max_running, batch_tokens=config.batch_tokens,
+            prefill_chunk=config.prefill_chunk,
+        )
+        self._inbox: deque[Group] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+        self.tokens_generated = 0
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="chatd-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- the seam -----------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> GenerationStream:
+        """Queue a request; must be called from a running asyncio loop."""
+        if self._stopping:
+            raise EngineStopped("the engine is shutting down")
+        prompt = list(request.prompt_tokens)
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) + request.params.max_new_tokens > self.config.ctx_size:
+            raise ValueError("prompt plus max_new_tokens exceeds the context size")
+        if request.n > self.config.max_running:
+            raise ValueError(f"n={request.n} exceeds max running sequences")
+        loop = asyncio.get_running_loop()
+        group = Group(request=request, loop=loop, queue=asyncio.Queue())
+        banned = () if not request.params.ignore_eos else self.model.eog_ids
+        base_seed = request.params.seed
+        for i in range(request.n):
+            seed = None if base_seed is None else (base_seed + i) & (2**64 - 1)
+            sampler = Sampler(request.params, self.model.n_vocab, prompt,
+                              seed=seed, banned=banned)
+            group.seqs.append(Sequence(group=group, index=i, sampler=sampler,
+                                       tokens=list(prompt), n_prompt=len(prompt)))
+        self._inbox.append(group)
+        self._wake.set()
+        return GenerationStream(self, group)
+
+    def stats(self) -> dict[str, int]:
+        running, cached = self.scheduler.cells_in_use()
+        return {
+            "running_sequences": len(self.scheduler.running),
+            "waiting_requests": len(self.scheduler.waiting) + len(self._inbox),
+            "kv_cells_total": self.model.kv_cells,
+            "kv_cells_running": running,
+            "kv_cells_cached": cached,
+            "prefix_cache_hit_tokens": self.scheduler.prefix_hit_tokens,
+            "steps": self.steps,
+            "tokens_generated": self.tokens_generated,
+        }
+
+    # ---- the thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        sched = self.scheduler
+        while not self._stopping:
+            while self._inbox:
+                sched.add(self._inbox.popleft())
+            self._reap_cancelled()
+            for group in sched.admit():
+                if group.cancel_all:  # gave up while queued
+                    self._finish_group(group, "abort")
+            plan = sched.plan()
+            if not plan.tokens:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                self.model.decode(plan.tokens, plan.positions, plan.seq_ids, plan.logits)
+            except DecodeError as exc:
+                log.error("decode failed (%s); failing the batch's requests", exc)
+                self._fail_plan(plan, str(exc))
+                continue
+            self.steps += 1
+            sched.commit(plan)
+            self._sample(plan)
+            for group in {seq.group for seq, _ in plan.advanced}:
+                group.flush()
+        # Shutting down: nobody may wait forever on a stream.
+        for seq in list(sched.running):
+            self._finish(seq, "abort")
+        while sched.waiting or self._inbox:
+            group = sched.waiting.popleft() if sched.waiting else self._inbox.popleft()
+            self._finish_group(group, "abort")
+
+    def _sample(self, plan: StepPlan) -> None:
+        model = self.model
+        for seq, row_index in plan.samplers:
+            row = model.logits_row(row_index)
+            if seq.status is Status.PREFILL:
+                seq.status = Status.DECODE
+                siblings = self.scheduler.fork(seq) if len(seq.group.seqs) > 1 else []
+                for sib in siblings:
+                    sib.status = Status.DECODE
+                    self._emit_token(sib, row)
+            self._emit_token(seq, row)
+
+    def _emit_token(self, seq: Sequence, row: np.ndarray) -> None:
+        params = seq.group.request.params
+        token = seq.sampler.sample(row)
+        seq.sampler.accept(token)
+        seq.tokens.append(token)
+        seq.n_generated += 1
+        self.tokens_generated += 1
+        finish: FinishReason | None = None
+        if token in self.model.eog_ids and not params.ignore_eos:
+            finish = "stop"
+            text = seq.decoder.decode(b"", final=True)
+        else:
+            text = seq.decoder.decode(self.model.token_bytes[token])
+            if seq.n_generated >= params.max_new_tokens or len(seq.tokens) >= self.config.ctx_size:
+                finish = "length"
+                text += seq.decoder.decode(b"", final=True)
+        event = TokenEvent(index=seq.index, token_id=token, text=text,
+                           prompt_tokens=seq.n_prompt, cached_tokens=seq.cached_tokens)
+        if params.logprobs and finish != "stop":
+            self._add_logprobs(event, row, token, params.top_logprobs)
+        seq.group.outbox.append(event)
+        if finish:
+            event.finish_reason = finish
+            seq.finish_reason = finish
+            seq.status = Status.FINISHED
+            self.scheduler.release(seq)
+
+    def _add_logprobs(self, event: TokenEvent, row: np.ndarray, token: int, top_n: int) -> None:
+        ids = np.array([token], dtype=np.int64)
+        if top_n:
+            ids = np.concatenate([ids, top_ids(row, top_n)])
+        values = log_softmax_at(row, ids)
+        model = self.model
+        event.logprob = TokenLogprob(token, model.token_display[token], float(values[0]))
+        if top_n:
+            event.top_logprobs = [
+                TokenLogprob(int(t), model.token_display[int(t)], float(v))
+                for t, v in zip(ids[1:], values[1:], strict=True)
+            ]
+        else:
+            event.top_logprobs = []
+
+    # ---- ending sequences -------------------------------------------------------------
+
+    def _reap_cancelled(self) -> None:
+        sched = self.scheduler
+        if any(g.cancel_all for g in sched.waiting):
+            for group in [g for g in sched.waiting if g.cancel_all]:
+                sched.waiting.remove(group)
+                self._finish_group(group, "abort")
+        for seq in list(sched.running):
+            group = seq.group
+            if group.cancel_all or seq.index in group.cancelled:
+                self._finish(seq, "abort")
+                group.flush()
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        if seq.status is Status.FINISHED:
+            return
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        self.scheduler.release(seq)
+        seq.group.outbox.append(TokenEvent(
+            index=seq.index, token_id=-1, text=seq.decoder.decode(b"", final=True),
+            finish_reason=reason, prompt_tokens=seq.n_prompt,
+            cached_tokens=seq.cached_tokens, error=error))
+
+    def _finish_group(self, group: Group, reason: FinishReason, error: str | None = None) -> None:
+        for seq in group.seqs:
+            self._finish(seq, reason, error)
+        group.flush()
+
+    def _fail_plan(self, plan: StepPlan, message: str) -> None:
+        groups = {seq.group for seq, _ in plan.advanced}
+        for group in groups:
+            for seq in group.seqs:
+                if seq.slot >= 0:
+                    self.model.seq_remove(seq.slot)
+                    self.scheduler.slots[seq.slot].tokens = []
+            self._finish_group(group, "error", message)

@@ -1,0 +1,195 @@
+"""The only module that touches llama.cpp: load, tokenize, batch decode, KV cache ops.
+
+Everything here runs on the engine thread except `tokenize`, which only reads the
+vocabulary (thread-safe in llama.cpp) and is called from request handlers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+
+log = logging.getLogger("chatd.llama")
+_llama_log = logging.getLogger("chatd.llama.cpp")
+
+# ggml log levels -> Python logging levels (llama.cpp's own lines are quiet by default).
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_tail: list[str] = []
+
+
+@lc.llama_log_callback
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    """Route llama.cpp's log through Python logging; lines arrive in fragments."""
+    _log_tail.append(text.decode("utf-8", errors="replace"))
+    if _log_tail[-1].endswith("\n"):
+        line = "".join(_log_tail).rstrip()
+        _log_tail.clear()
+        if line:
+            # llama.cpp logs its warnings about normal operation at WARN; keep them DEBUG
+            # unless they are errors, so a quiet server stays quiet.
+            py_level = logging.ERROR if level == 4 else logging.DEBUG
+            _llama_log.log(py_level, "%s", line)
+
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        _backend_ready = True
+
+
+class DecodeError(RuntimeError):
+    """llama_decode failed; `no_space` means the KV cache had no room for the batch."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"llama_decode returned {code}")
+        self.code = code
+        self.no_space = code == 1
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """Context settings that change outputs or capacity (part of the fingerprint)."""
+
+    kv_cells: int
+    n_seq_max: int
+    n_batch: int = 512
+    n_threads: int = 0  # 0 = physical cores
+
+
+def default_threads() -> int:
+    """llama.cpp is fastest with one thread per physical core, not per hyperthread."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, count or 1)
+
+
+class LlamaModel:
+    """A loaded GGUF model with one context whose KV cache all sequences share."""
+
+    def __init__(self, path: Path, settings: LlamaSettings) -> None:
+        _init_backend()
+        self.settings = settings
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = -1 if lc.llama_supports_gpu_offload() else 0
+        self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(self._model)
+
+        cparams = lc.llama_context_default_params()
+        threads = settings.n_threads or default_threads()
+        cparams.n_ctx = settings.kv_cells
+        cparams.n_batch = settings.n_batch
+        cparams.n_ubatch = settings.n_batch
+        cparams.n_seq_max = settings.n_seq_max
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True  # one cell pool: prefix sharing and n>1 forks are free
+        cparams.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self._mem = lc.llama_get_memory(self._ctx)
+        self.kv_cells = lc.llama_n_ctx(self._ctx)
+
+        self._batch = lc.llama_batch_init(settings.n_batch, 0, 1)
+        self._batch_cap = settings.n_batch
+        self.bos_id = lc.llama_vocab_bos(self._vocab)
+        self.eos_id = lc.llama_vocab_eos(self._vocab)
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
+        self.eog_ids = frozenset(
+            t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)
+        )
+        self.token_bytes = [self._piece(t, special=False) for t in range(self.n_vocab)]
+        self.token_display = [self._piece(t, special=True) for t in range(self.n_vocab)]
+
+    # ---- vocabulary -------------------------------------------------------------
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        """The special-aware rendering of one token, for logprobs and diagnostics."""
+        return self.token_display[token].decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_special: bool = True,
+                 parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            arr = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), arr, cap, add_special,
+                                  parse_special)
+            if n >= 0:
+                return list(arr[:n])
+            cap = -n
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    # ---- decoding ---------------------------------------------------------------
+
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int],
+               want_logits: list[bool]) -> None:
+        """One llama_decode over tokens of many sequences (the engine's single step)."""
+        n = len(tokens)
+        if n > self._batch_cap:
+            raise ValueError(f"batch of {n} tokens exceeds n_batch {self._batch_cap}")
+        b = self._batch
+        b.n_tokens = n
+        for i in range(n):
+            b.token[i] = tokens[i]
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_ids[i]
+            b.logits[i] = want_logits[i]
+        rc = lc.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise DecodeError(rc)
+
+    def logits_row(self, batch_index: int) -> np.ndarray:
+        """A zero-copy view of one output row; valid until the next decode."""
+        ptr = lc.llama_get_logits_ith(self._ctx, batch_index)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    # ---- KV cache -----------------------------------------------------------------
+
+    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None:
+        lc.llama_memory_seq_rm(self._mem, seq_id, start, end)
+
+    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
+        lc.llama_memory_seq_cp(self._mem, src, dst, start, end)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return lc.llama_memory_seq_pos_max(self._mem, seq_id)
+
+    def clear(self) -> None:
+        lc.llama_memory_clear(self._mem, True)
+
+    def close(self) -> None:
+        if self._ctx:
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None

@@ -1,0 +1,145 @@
+"""Turning one logits row into one token, per sequence, with numpy over the row.
+
+Each step does a handful of vectorised passes over the vocabulary (no Python loop
+over it). Penalties touch only the tokens seen so far. Every sequence owns a
+seeded generator and draws exactly one number per token, so a fixed seed gives
+the same tokens whatever else is in the batch (llama.cpp's CPU logits are
+batch-invariant).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+import numpy as np
+
+from chatd.engine.types import SamplingParams
+
+_NEG_INF = np.float32(-np.inf)
+
+
+def log_softmax_at(row: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """log p(ids) under softmax(row), in float64 for stable small values."""
+    peak = float(row.max())
+    lse = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
+    return row[ids].astype(np.float64) - lse
+
+
+def top_ids(row: np.ndarray, k: int) -> np.ndarray:
+    """The k largest entries of `row`, best first (argpartition, then sort k)."""
+    k = min(k, row.shape[0])
+    part = np.argpartition(row, -k)[-k:]
+    return part[np.argsort(row[part])[::-1]]
+
+
+class Sampler:
+    """Sampling state of one sequence: its generator, bias and token counts."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int, prompt_tokens: Iterable[int],
+                 *, seed: int | None = None, banned: Iterable[int] = ()) -> None:
+        self.params = params
+        self.n_vocab = n_vocab
+        self.rng = np.random.Generator(np.random.PCG64(
+            seed if seed is not None else secrets.randbits(64)))
+        self.greedy = params.temperature <= 0.0
+
+        bias = {t: b for t, b in params.logit_bias.items() if 0 <= t < n_vocab}
+        banned_ids = {t for t, b in bias.items() if b <= -100} | set(banned)
+        forced = [t for t, b in bias.items() if b >= 100 and t not in banned_ids]
+        soft = {t: b for t, b in bias.items() if -100 < b < 100 and t not in banned_ids}
+        self._bias_ids = np.fromiter(soft.keys(), dtype=np.int64, count=len(soft))
+        self._bias_vals = np.fromiter(soft.values(), dtype=np.float32, count=len(soft))
+        self._banned = np.fromiter(banned_ids, dtype=np.int64, count=len(banned_ids))
+        # +100 means "only these tokens" (OpenAI: "exclusive selection").
+        self._only: np.ndarray | None = None
+        if forced:
+            self._only = np.ones(n_vocab, dtype=bool)
+            self._only[forced] = False  # True = masked out
+
+        self._counts: dict[int, int] = {}
+        self._seen: set[int] = set(prompt_tokens) if params.repetition_penalty != 1.0 else set()
+        self._transforms = bool(
+            len(self._bias_ids) or len(self._banned) or forced
+            or params.presence_penalty or params.frequency_penalty
+            or params.repetition_penalty != 1.0
+        )
+
+    def accept(self, token: int) -> None:
+        """Record a generated token for the penalties."""
+        self._counts[token] = self._counts.get(token, 0) + 1
+        if self.params.repetition_penalty != 1.0:
+            self._seen.add(token)
+
+    def adjusted(self, row: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Logits after bias, penalties and an optional disallow-mask (True = banned)."""
+        if not self._transforms and mask is None:
+            return row
+        p = self.params
+        x = row.astype(np.float32, copy=True)
+        if len(self._bias_ids):
+            x[self._bias_ids] += self._bias_vals
+        if self._counts and (p.presence_penalty or p.frequency_penalty):
+            ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+            cnt = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+            x[ids] -= cnt * np.float32(p.frequency_penalty) + np.float32(p.presence_penalty)
+        if self._seen:
+            ids = np.fromiter(self._seen, dtype=np.int64, count=len(self._seen))
+            v = x[ids]
+            rp = np.float32(p.repetition_penalty)
+            x[ids] = np.where(v > 0, v / rp, v * rp)
+        if len(self._banned):
+            x[self._banned] = _NEG_INF
+        if self._only is not None:
+            x[self._only] = _NEG_INF
+        if mask is not None:
+            x[mask] = _NEG_INF
+        return x
+
+    def sample(self, row: np.ndarray, mask: np.ndarray | None = None) -> int:
+        """Pick the next token from a raw logits row."""
+        x = self.adjusted(row, mask)
+        if self.greedy:
+            return int(np.argmax(x))
+        p = self.params
+        u = self.rng.random()  # exactly one draw per token keeps seeded runs aligned
+        scaled = x / np.float32(p.temperature) if p.temperature != 1.0 else x
+        if 0 < p.top_k < self.n_vocab:
+            cand = top_ids(scaled, p.top_k)
+            logits = scaled[cand].astype(np.float64)
+        else:
+            cand = None
+            logits = scaled.astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            cand, probs = _nucleus(cand, probs, p.top_p)
+        if p.min_p > 0.0:
+            keep = probs >= p.min_p * probs.max()
+            cand = (cand if cand is not None else np.arange(probs.shape[0]))[keep]
+            probs = probs[keep]
+        cdf = np.cumsum(probs)
+        i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+        i = min(i, cdf.shape[0] - 1)
+        return int(cand[i]) if cand is not None else i
+
+
+def _nucleus(cand: np.ndarray | None, probs: np.ndarray, top_p: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest best-first set whose mass reaches top_p, found without a full sort.
+
+    Grows k by powers of 4 from 64: typical distributions are covered by the first
+    argpartition, so the cost is one partition instead of sorting 49k floats.
+    """
+    n = probs.shape[0]
+    k = 64
+    while True:
+        k = min(k, n)
+        top = top_ids(probs, k)
+        mass = np.cumsum(probs[top])
+        if mass[-1] >= top_p or k == n:
+            cut = int(np.searchsorted(mass, top_p, side="left")) + 1
+            top = top[: min(cut, k)]
+            chosen = cand[top] if cand is not None else top
+            return chosen, probs[top]
+        k *= 4

@@ -1,0 +1,78 @@
+"""A request (group) and its n sequences: the state the scheduler moves around."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from chatd.engine.sampling import Sampler
+from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent
+
+_group_ids = itertools.count(1)
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"    # queued, no slot
+    PREFILL = "prefill"    # prompt being written into its slot, chunk by chunk
+    FORKING = "forking"    # n > 1 sibling waiting for the leader's prompt
+    DECODE = "decode"      # one token per step
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One choice: its slot in the KV cache, its tokens and its sampler."""
+
+    group: Group
+    index: int
+    sampler: Sampler
+    tokens: list[int]          # prompt + generated; tokens[:n_cached] are in the KV cache
+    n_prompt: int
+    slot: int = -1
+    n_cached: int = 0
+    status: Status = Status.WAITING
+    n_generated: int = 0
+    cached_tokens: int = 0     # prompt tokens reused from the prefix cache
+    finish_reason: FinishReason | None = None
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    @property
+    def pending(self) -> int:
+        """Tokens still to be written into the KV cache before the next sample."""
+        return len(self.tokens) - self.n_cached
+
+    @property
+    def max_len(self) -> int:
+        """The most KV cells this sequence can ever hold."""
+        return self.n_prompt + self.group.request.params.max_new_tokens
+
+
+@dataclass(eq=False)
+class Group:
+    """A GenerationRequest in flight; its events flow back to one asyncio queue."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[list[TokenEvent]]
+    seqs: list[Sequence] = field(default_factory=list)
+    id: int = field(default_factory=lambda: next(_group_ids))
+    cancelled: set[int] = field(default_factory=set)  # written by the loop thread
+    cancel_all: bool = False
+    outbox: list[TokenEvent] = field(default_factory=list)
+
+    def flush(self) -> None:
+        """Hand this step's events to the asyncio side in one thread-safe call."""
+        if self.outbox:
+            events, self.outbox = self.outbox, []
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, events)
+            except RuntimeError:  # the client's loop is gone: nobody is listening
+                self.cancel_all = True
+
+    @property
+    def done(self) -> bool:
+        return all(s.status is Status.FINISHED for s in self.seqs)

@@ -1,0 +1,67 @@
+"""The seam between the chat layer and the engine: plain data, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-sequence sampling settings; defaults are OpenAI's."""
+
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # llama.cpp/HF style, over prompt and output
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+    max_new_tokens: int = 256
+    logprobs: bool = False
+    top_logprobs: int = 0
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One prompt to continue `n` times; the prompt is prefilled once for all n."""
+
+    prompt_tokens: list[int]
+    params: SamplingParams
+    n: int = 1
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """Log-probability of a token under the model (before sampling transforms)."""
+
+    token_id: int
+    token_bytes: bytes
+    logprob: float
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    """One generated token of one choice.
+
+    `text` is the UTF-8-safe text this token completes: bytes of a character split
+    across tokens are held back until the character is whole, so `text` may be "".
+    The last event of a choice has `finish_reason` set; its `token_id` is -1 when the
+    choice ended without a new token (cancellation, error).
+    """
+
+    index: int
+    token_id: int
+    text: str
+    logprob: TokenLogprob | None = None
+    top_logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    error: str | None = None
