@@ -1,0 +1,129 @@
+"""Sampling arithmetic: OpenAI's penalty formula, logit_bias, seeds, nucleus cut."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chatd.engine.sampling import Sampler, _nucleus, log_softmax_at, top_ids
+from chatd.engine.types import SamplingParams
+
+V = 1000
+
+
+def row(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 3, V).astype(np.float32)
+
+
+def test_no_transform_returns_the_row_itself() -> None:
+    r = row()
+    assert Sampler(SamplingParams(), V, []).adjusted(r) is r
+
+
+def test_presence_and_frequency_penalty_follow_openai_formula() -> None:
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    s = Sampler(params, V, [])
+    for t in (7, 7, 7, 9):
+        s.accept(t)
+    r = row()
+    out = s.adjusted(r)
+    # mu[j] - c[j] * alpha_frequency - (c[j] > 0) * alpha_presence
+    assert out[7] == pytest.approx(r[7] - 3 * 0.25 - 0.5)
+    assert out[9] == pytest.approx(r[9] - 1 * 0.25 - 0.5)
+    untouched = np.ones(V, dtype=bool)
+    untouched[[7, 9]] = False
+    assert np.array_equal(out[untouched], r[untouched])
+    assert r[7] == row()[7], "the raw logits row must not be modified in place"
+
+
+def test_negative_penalties_encourage_repeats() -> None:
+    s = Sampler(SamplingParams(presence_penalty=-1.0), V, [])
+    s.accept(3)
+    assert s.adjusted(row())[3] == pytest.approx(row()[3] + 1.0)
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative() -> None:
+    r = np.zeros(V, dtype=np.float32)
+    r[1], r[2] = 4.0, -4.0
+    s = Sampler(SamplingParams(repetition_penalty=2.0), V, [1, 2])
+    out = s.adjusted(r)
+    assert out[1] == pytest.approx(2.0)
+    assert out[2] == pytest.approx(-8.0)
+
+
+def test_logit_bias_adds_and_minus_100_bans() -> None:
+    r = row()
+    s = Sampler(SamplingParams(logit_bias={5: 2.5, int(np.argmax(r)): -100}), V, [])
+    out = s.adjusted(r)
+    assert out[5] == pytest.approx(r[5] + 2.5)
+    assert out[int(np.argmax(r))] == -np.inf
+    assert int(np.argmax(out)) != int(np.argmax(r))
+
+
+def test_logit_bias_100_forces_the_token_even_when_sampling() -> None:
+    params = SamplingParams(temperature=1.5, logit_bias={42: 100}, seed=1)
+    s = Sampler(params, V, [], seed=1)
+    assert all(s.sample(row(i)) == 42 for i in range(20))
+
+
+def test_greedy_is_argmax() -> None:
+    r = row(3)
+    assert Sampler(SamplingParams(temperature=0), V, []).sample(r) == int(np.argmax(r))
+
+
+def test_same_seed_same_tokens_different_seed_differs() -> None:
+    params = SamplingParams(temperature=1.0)
+    rows = [row(i) for i in range(30)]
+    a = [Sampler(params, V, [], seed=7).sample(r) for r in rows]
+    b = [Sampler(params, V, [], seed=7).sample(r) for r in rows]
+    c = [Sampler(params, V, [], seed=8).sample(r) for r in rows]
+    assert a == b
+    assert a != c
+
+
+def test_top_k_restricts_to_best_k() -> None:
+    r = row(5)
+    best = set(top_ids(r, 3).tolist())
+    s = Sampler(SamplingParams(temperature=2.0, top_k=3), V, [], seed=0)
+    assert {s.sample(r) for _ in range(200)} <= best
+
+
+def test_nucleus_is_smallest_set_reaching_top_p() -> None:
+    probs = np.array([0.05, 0.5, 0.3, 0.1, 0.05])
+    cand, kept = _nucleus(None, probs, 0.75)
+    assert cand.tolist() == [1, 2]
+    assert kept.tolist() == [0.5, 0.3]
+    cand, _ = _nucleus(None, probs, 0.8)
+    assert cand.tolist() == [1, 2]
+    cand, _ = _nucleus(None, probs, 0.81)
+    assert cand.tolist() == [1, 2, 3]
+
+
+def test_nucleus_grows_past_the_first_partition() -> None:
+    probs = np.full(4096, 2.0**-12)  # exact in binary, so the cut is exact too
+    cand, _ = _nucleus(None, probs, 0.5)
+    assert len(cand) == 2048
+
+
+def test_top_p_sampling_never_leaves_the_nucleus() -> None:
+    r = row(9)
+    probs = np.exp(r - r.max())
+    probs /= probs.sum()
+    nucleus, _ = _nucleus(None, probs, 0.5)
+    s = Sampler(SamplingParams(top_p=0.5), V, [], seed=3)
+    assert {s.sample(r) for _ in range(300)} <= set(nucleus.tolist())
+
+
+def test_min_p_drops_unlikely_tokens() -> None:
+    r = np.full(V, -10.0, dtype=np.float32)
+    r[[1, 2]] = 5.0
+    s = Sampler(SamplingParams(min_p=0.5), V, [], seed=0)
+    assert {s.sample(r) for _ in range(100)} == {1, 2}
+
+
+def test_log_softmax_matches_reference() -> None:
+    r = row(11)
+    ids = np.array([0, 5, 17])
+    ref = r.astype(np.float64) - np.log(np.exp(r.astype(np.float64)).sum())
+    assert np.allclose(log_softmax_at(r, ids), ref[ids])
+    assert top_ids(r, 4).tolist() == np.argsort(r)[::-1][:4].tolist()

@@ -1,0 +1,160 @@
+"""Scheduler policy without a model: FIFO admission, KV reservation, prefix reuse."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chatd.engine.sampling import Sampler
+from chatd.engine.scheduler import Scheduler, common_prefix
+from chatd.engine.sequence import Group, Sequence, Status
+from chatd.engine.types import GenerationRequest, SamplingParams
+
+
+class FakeKV:
+    """Records KV operations so tests can check what the scheduler asked llama.cpp."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+
+    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None:
+        self.ops.append(("rm", seq_id, start, end))
+
+    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
+        self.ops.append(("cp", src, dst, start, end))
+
+
+def make_group(prompt: list[int], *, n: int = 1, max_new: int = 10) -> Group:
+    params = SamplingParams(max_new_tokens=max_new)
+    loop = asyncio.new_event_loop()
+    group = Group(GenerationRequest(prompt, params, n=n), loop=loop, queue=asyncio.Queue())
+    for i in range(n):
+        group.seqs.append(Sequence(group=group, index=i, sampler=Sampler(params, 100, prompt),
+                                   tokens=list(prompt), n_prompt=len(prompt)))
+    loop.close()
+    return group
+
+
+def make_scheduler(**kw: int) -> tuple[Scheduler, FakeKV]:
+    kv = FakeKV()
+    opts = {"n_slots": 4, "kv_cells": 1000, "max_running": 2, "batch_tokens": 64,
+            "prefill_chunk": 8}
+    opts.update(kw)
+    return Scheduler(kv, **opts), kv
+
+
+def run_prefill(sched: Scheduler, next_token: int = 99) -> None:
+    """Step until every admitted prompt is cached; each then 'samples' `next_token`."""
+    while any(s.status is Status.PREFILL for s in sched.running):
+        plan = sched.plan()
+        sched.commit(plan)
+        for seq, _row in plan.samplers:
+            if seq.status is Status.PREFILL:
+                seq.status = Status.DECODE
+                seq.tokens.append(next_token)
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([], [1]) == 0
+
+
+def test_fifo_and_running_limit() -> None:
+    sched, _ = make_scheduler(max_running=2)
+    groups = [make_group([1, 2, 3]) for _ in range(3)]
+    for g in groups:
+        sched.add(g)
+    assert sched.admit() == groups[:2]
+    assert list(sched.waiting) == [groups[2]]
+
+
+def test_reservation_blocks_when_cells_would_overflow() -> None:
+    sched, _ = make_scheduler(kv_cells=30, max_running=4)
+    a = make_group(list(range(10)), max_new=10)   # reserves 20
+    b = make_group(list(range(50, 60)), max_new=10)  # needs 20 more: only 10 left
+    sched.add(a)
+    sched.add(b)
+    assert sched.admit() == [a]
+    sched.release(a.seqs[0])
+    # a's cells stay as an idle cache entry, evicted to make room for b.
+    assert sched.admit() == [b]
+
+
+def test_prefix_cache_reuses_a_finished_sequence_slot() -> None:
+    sched, kv = make_scheduler()
+    first = make_group([1, 2, 3, 4, 5, 6])
+    sched.add(first)
+    sched.admit()
+    run_prefill(sched, next_token=7)
+    seq = first.seqs[0]
+    sched.commit(sched.plan())  # token 7 written to the cache
+    sched.release(seq)
+    second = make_group([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    sched.add(second)
+    sched.admit()
+    leader = second.seqs[0]
+    assert leader.cached_tokens == 7
+    assert leader.n_cached == 7
+    assert ("rm", leader.slot, 7, -1) in kv.ops, "the idle entry is reused in place"
+    plan = sched.plan()
+    assert plan.tokens == [8, 9]
+    assert plan.positions == [7, 8]
+
+
+def test_prefix_is_copied_from_a_running_sequence() -> None:
+    sched, kv = make_scheduler(max_running=3)
+    a = make_group([5, 6, 7, 8, 9])
+    sched.add(a)
+    sched.admit()
+    run_prefill(sched)
+    b = make_group([5, 6, 7, 1])
+    sched.add(b)
+    sched.admit()
+    src, dst = a.seqs[0].slot, b.seqs[0].slot
+    assert src != dst
+    assert ("cp", src, dst, 0, 3) in kv.ops
+    assert b.seqs[0].cached_tokens == 3
+
+
+def test_at_least_one_prompt_token_is_recomputed() -> None:
+    sched, _ = make_scheduler()
+    a = make_group([1, 2, 3])
+    sched.add(a)
+    sched.admit()
+    run_prefill(sched)
+    sched.release(a.seqs[0])
+    b = make_group([1, 2, 3])
+    sched.add(b)
+    sched.admit()
+    assert b.seqs[0].cached_tokens == 2
+    assert sched.plan().tokens == [3]
+
+
+def test_prefill_is_chunked_while_others_decode() -> None:
+    sched, _ = make_scheduler(prefill_chunk=8, batch_tokens=64)
+    a = make_group([1, 2])
+    sched.add(a)
+    sched.admit()
+    run_prefill(sched)
+    long = make_group(list(range(100, 140)))
+    sched.add(long)
+    sched.admit()
+    plan = sched.plan()
+    assert len(plan) == 1 + 8  # one decode token + one prefill chunk
+    assert plan.samplers[0][0] is a.seqs[0]
+
+
+def test_n_siblings_fork_from_the_leader_prompt() -> None:
+    sched, kv = make_scheduler(max_running=4)
+    g = make_group([1, 2, 3, 4], n=3)
+    sched.add(g)
+    sched.admit()
+    assert [s.status for s in g.seqs] == [Status.PREFILL, Status.FORKING, Status.FORKING]
+    plan = sched.plan()
+    assert plan.tokens == [1, 2, 3, 4], "the prompt is prefilled once, not n times"
+    sched.commit(plan)
+    siblings = sched.fork(g.seqs[0])
+    assert len(siblings) == 2
+    for sib in siblings:
+        assert ("cp", g.seqs[0].slot, sib.slot, 0, 4) in kv.ops
+        assert sib.n_cached == 4
