@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from chatd.chat.choice import ChoiceDelta, ChoiceStream
 from chatd.chat.errors import ChatRequestError, GenerationFailed
 from chatd.chat.messages import normalize_messages
-from chatd.chat.stops import StopMatcher
+from chatd.chat.structured import OutputSpec, build_output_spec, explain_grammar_error
 from chatd.chat.template import ChatTemplate, TemplateError
+from chatd.chat.toolprompt import inline_tools
+from chatd.engine.constraint import GrammarError
 from chatd.engine.engine import Engine
-from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
+from chatd.engine.types import GenerationRequest, SamplingParams
 
 log = logging.getLogger("chatd.chat")
-
-LogprobEntry = dict[str, Any]
-
 
 @dataclass
 class PreparedChat:
@@ -35,16 +34,7 @@ class PreparedChat:
     stops: list[str]
     n: int
     prompt_tokens: int
-
-
-@dataclass
-class ChoiceDelta:
-    """New content of one choice; `finish_reason` set on the choice's last delta."""
-
-    index: int
-    content: str = ""
-    logprobs: list[LogprobEntry] | None = None
-    finish_reason: str | None = None
+    output: OutputSpec
 
 
 @dataclass
@@ -52,70 +42,6 @@ class UsageCount:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
-
-
-@dataclass
-class _Choice:
-    """Per-choice bookkeeping while events arrive."""
-
-    matcher: StopMatcher
-    want_logprobs: bool
-    # (logprob entry, start char, end char) of tokens whose text is not yet released
-    pending: deque[tuple[LogprobEntry, int, int]] = field(default_factory=deque)
-    fed_chars: int = 0
-    released_chars: int = 0
-    finished: bool = False
-
-    def feed(self, event: TokenEvent) -> ChoiceDelta:
-        delta = ChoiceDelta(index=event.index)
-        if self.want_logprobs and event.logprob is not None:
-            end = self.fed_chars + len(event.text)
-            self.pending.append((_logprob_entry(event), self.fed_chars, end))
-        self.fed_chars += len(event.text)
-        text, stopped = self.matcher.feed(event.text)
-        if not stopped and event.finish_reason is not None:
-            text += self.matcher.flush()
-        delta.content = text
-        self.released_chars += len(text)
-        if stopped:
-            delta.finish_reason = "stop"
-        elif event.finish_reason is not None:
-            delta.finish_reason = "length" if event.finish_reason == "length" else "stop"
-        if self.want_logprobs:
-            delta.logprobs = self._release_logprobs(stopped, delta.finish_reason is not None)
-        self.finished = delta.finish_reason is not None
-        return delta
-
-    def _release_logprobs(self, stopped: bool, final: bool) -> list[LogprobEntry]:
-        """Logprobs travel with their token's text: held back while it is, dropped for
-        tokens that lie wholly inside a matched stop string."""
-        out = []
-        while self.pending:
-            entry, start, end = self.pending[0]
-            keep = (end <= self.released_chars or (final and not stopped)
-                    or (stopped and start < self.released_chars))
-            if not keep:
-                break
-            out.append(entry)
-            self.pending.popleft()
-        if final:
-            self.pending.clear()
-        return out
-
-
-def _token_entry(item: TokenLogprob) -> LogprobEntry:
-    return {
-        "token": item.token_bytes.decode("utf-8", errors="replace"),
-        "logprob": item.logprob,
-        "bytes": list(item.token_bytes),
-    }
-
-
-def _logprob_entry(event: TokenEvent) -> LogprobEntry:
-    assert event.logprob is not None
-    entry = _token_entry(event.logprob)
-    entry["top_logprobs"] = [_token_entry(t) for t in event.top_logprobs or []]
-    return entry
 
 
 class ChatService:
@@ -133,9 +59,16 @@ class ChatService:
     async def prepare(self, req: Any) -> PreparedChat:
         """Validate what the engine cannot, render and tokenize off the event loop."""
         self._reject_unsupported(req)
+        output = build_output_spec(req)
+        if output.grammar is not None:
+            try:
+                await asyncio.to_thread(self.engine.grammars.compile, output.grammar)
+            except GrammarError as exc:
+                raise explain_grammar_error(req, str(exc)) from exc
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         normalized = normalize_messages(messages)
-        prompt = await asyncio.to_thread(self._render_and_tokenize, normalized)
+        tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+        prompt = await asyncio.to_thread(self._render_and_tokenize, normalized, tools)
         n = req.n or 1
         if n > self.max_n:
             raise ChatRequestError(f"n={n} is more than this server allows per request "
@@ -165,12 +98,21 @@ class ChatService:
         )
         if req.user:
             log.info("request for user %r", req.user)
-        generation = GenerationRequest(prompt_tokens=prompt, params=params, n=n)
-        return PreparedChat(generation, req.stop_list(), n, len(prompt))
+        generation = GenerationRequest(prompt_tokens=prompt, params=params, n=n,
+                                       grammar=output.grammar)
+        return PreparedChat(generation, req.stop_list(), n, len(prompt), output)
 
-    def _render_and_tokenize(self, messages: list[dict[str, Any]]) -> list[int]:
+    def _render_and_tokenize(self, messages: list[dict[str, Any]],
+                             tools: list[dict[str, Any]]) -> list[int]:
+        """Tools go through the model's own template when it knows them, else through
+        the built-in tool prompt (see chatd.chat.toolprompt)."""
         try:
-            text = self.template.render(messages, add_generation_prompt=True)
+            if tools and not self.template.handles_tools:
+                text = self.template.render(inline_tools(messages, tools),
+                                            add_generation_prompt=True)
+            else:
+                text = self.template.render(messages, tools=tools or None,
+                                            add_generation_prompt=True)
         except TemplateError as exc:
             raise ChatRequestError(f"The conversation could not be rendered with the model's "
                                    f"chat template: {exc}", param="messages") from exc
@@ -193,20 +135,6 @@ class ChatService:
 
     @staticmethod
     def _reject_unsupported(req: Any) -> None:
-        fmt = req.response_format
-        if fmt is not None and fmt.type != "text":
-            raise ChatRequestError(
-                f"response_format type '{fmt.type}' is not supported by this server yet; "
-                "omit response_format or use {\"type\": \"text\"}.",
-                param="response_format.type", code="unsupported_parameter")
-        if req.tools:
-            raise ChatRequestError("tools are not supported by this server yet; send the "
-                                   "request without 'tools'.", param="tools",
-                                   code="unsupported_parameter")
-        if req.tool_choice not in (None, "none"):
-            raise ChatRequestError("tool_choice requires tools, which this server does not "
-                                   "support yet.", param="tool_choice",
-                                   code="unsupported_parameter")
         if getattr(req, "functions", None) or getattr(req, "function_call", None) not in (
                 None, "none"):
             raise ChatRequestError("functions/function_call are not supported by this server.",
@@ -222,15 +150,15 @@ class ChatService:
 
     # ---- events -> deltas ---------------------------------------------------------
 
-    async def run(self, prepared: PreparedChat, usage: UsageCount
+    async def run(self, prepared: PreparedChat, usage: UsageCount, *, streaming: bool
                   ) -> AsyncIterator[ChoiceDelta]:
         """Yield deltas for every choice; fills `usage` as tokens are counted.
 
         Leaving this generator early (client gone) cancels every choice in the engine.
         """
-        want_logprobs = prepared.generation.params.logprobs
-        choices = [_Choice(StopMatcher(prepared.stops), want_logprobs)
-                   for _ in range(prepared.n)]
+        choices = [ChoiceStream(i, prepared.stops, logprobs=prepared.generation.params.logprobs,
+                                tools=prepared.output.tools_active, streaming=streaming)
+                   for i in range(prepared.n)]
         usage.prompt_tokens = prepared.prompt_tokens
         stream = self.engine.generate(prepared.generation)
         try:
@@ -246,7 +174,7 @@ class ChatService:
                 delta = choice.feed(event)
                 if delta.finish_reason and event.finish_reason is None:
                     stream.cancel(event.index)  # stop string matched
-                if delta.content or delta.logprobs or delta.finish_reason:
+                if delta.content or delta.tool_calls or delta.logprobs or delta.finish_reason:
                     yield delta
         finally:
             await stream.aclose()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chatd.engine.constraint import GrammarCompiler
 from chatd.engine.llama import DecodeError, LlamaModel
 from chatd.engine.sampling import Sampler, log_softmax_at, top_ids
 from chatd.engine.scheduler import Scheduler, StepPlan
@@ -85,6 +86,7 @@ class Engine:
     def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
         self.model = model
         self.config = config
+        self.grammars = GrammarCompiler(model)
         self.scheduler = Scheduler(
             model, n_slots=config.n_slots, kv_cells=model.kv_cells,
             max_running=config.max_running, batch_tokens=config.batch_tokens,
@@ -93,6 +95,7 @@ class Engine:
         self._inbox: deque[Group] = deque()
         self._wake = threading.Event()
         self._stopping = False
+        self._abort_requested = False
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.tokens_generated = 0
@@ -110,6 +113,12 @@ class Engine:
             self._thread.join(timeout)
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def abort_all(self) -> None:
+        """End every queued and running request now (shutdown deadline): each stream
+        receives its final event instead of being torn."""
+        self._abort_requested = True
         self._wake.set()
 
     # ---- the seam -----------------------------------------------------------------
@@ -133,8 +142,11 @@ class Engine:
             seed = None if base_seed is None else (base_seed + i) & (2**64 - 1)
             sampler = Sampler(request.params, self.model.n_vocab, prompt,
                               seed=seed, banned=banned)
+            constraint = (self.grammars.constraint(request.grammar)
+                          if request.grammar is not None else None)
             group.seqs.append(Sequence(group=group, index=i, sampler=sampler,
-                                       tokens=list(prompt), n_prompt=len(prompt)))
+                                       tokens=list(prompt), n_prompt=len(prompt),
+                                       constraint=constraint))
         self._inbox.append(group)
         self._wake.set()
         return GenerationStream(self, group)
@@ -159,6 +171,10 @@ class Engine:
         while not self._stopping:
             while self._inbox:
                 sched.add(self._inbox.popleft())
+            if self._abort_requested:
+                self._abort_requested = False
+                for group in [*sched.waiting, *{s.group for s in sched.running}]:
+                    group.cancel_all = True
             self._reap_cancelled()
             for group in sched.admit():
                 if group.cancel_all:  # gave up while queued
@@ -200,18 +216,27 @@ class Engine:
 
     def _emit_token(self, seq: Sequence, row: np.ndarray) -> None:
         params = seq.group.request.params
-        token = seq.sampler.sample(row)
+        constraint = seq.constraint
+        token = seq.sampler.sample(row, constraint.disallowed() if constraint else None)
         seq.sampler.accept(token)
         seq.tokens.append(token)
         seq.n_generated += 1
         self.tokens_generated += 1
         finish: FinishReason | None = None
+        if constraint is not None and not constraint.accept(token):
+            log.error("grammar rejected token %d: %s", token, constraint.error)
+            self._finish(seq, "error", "the output grammar could not be satisfied")
+            return
         if token in self.model.eog_ids and not params.ignore_eos:
             finish = "stop"
             text = seq.decoder.decode(b"", final=True)
         else:
             text = seq.decoder.decode(self.model.token_bytes[token])
-            if seq.n_generated >= params.max_new_tokens or len(seq.tokens) >= self.config.ctx_size:
+            if constraint is not None and constraint.finished:
+                finish = "stop"  # the grammar is complete: nothing may follow
+                text += seq.decoder.decode(b"", final=True)
+            elif (seq.n_generated >= params.max_new_tokens
+                  or len(seq.tokens) >= self.config.ctx_size):
                 finish = "length"
                 text += seq.decoder.decode(b"", final=True)
         event = TokenEvent(index=seq.index, token_id=token, text=text,

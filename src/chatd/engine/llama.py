@@ -125,6 +125,10 @@ class LlamaModel:
             n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
+    @property
+    def vocab(self) -> lc.llama_vocab_p:
+        return self._vocab
+
     def token_text(self, token: int) -> str:
         """The special-aware rendering of one token, for logprobs and diagnostics."""
         return self.token_display[token].decode("utf-8", errors="replace")

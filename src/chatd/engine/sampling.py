@@ -99,6 +99,9 @@ class Sampler:
     def sample(self, row: np.ndarray, mask: np.ndarray | None = None) -> int:
         """Pick the next token from a raw logits row."""
         x = self.adjusted(row, mask)
+        if mask is not None and not np.isfinite(x.max()):
+            # logit_bias banned every token the grammar allows: the grammar wins.
+            x = np.where(mask, _NEG_INF, row)
         if self.greedy:
             return int(np.argmax(x))
         p = self.params

@@ -8,6 +8,7 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
+from chatd.engine.constraint import Constraint
 from chatd.engine.sampling import Sampler
 from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent
 
@@ -37,6 +38,7 @@ class Sequence:
     n_generated: int = 0
     cached_tokens: int = 0     # prompt tokens reused from the prefix cache
     finish_reason: FinishReason | None = None
+    constraint: Constraint | None = None
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 

@@ -29,11 +29,16 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One prompt to continue `n` times; the prompt is prefilled once for all n."""
+    """One prompt to continue `n` times; the prompt is prefilled once for all n.
+
+    `grammar` (an llguidance grammar: JSON schema, Lark or regex) constrains every
+    choice from its first token; the engine compiles it once and caches it.
+    """
 
     prompt_tokens: list[int]
     params: SamplingParams
     n: int = 1
+    grammar: str | None = None
     request_id: str = ""
 
 
