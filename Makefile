@@ -26,11 +26,11 @@ serve: install
 	$(VENV)/bin/chatd serve --host $(HOST) --port $(PORT) $(ARGS)
 
 test: install-test
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q tests
 
 lint: install-test
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 bench: install-test
 	$(PY) -m benchmarks.run $(ARGS)

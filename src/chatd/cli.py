@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from chatd.config import API_KEY_ENV, Settings
+from chatd.config import API_KEY_ENV, KeyFileError, Settings
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,12 +30,63 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="prompt tokens processed per step while other sequences decode")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--max-n", type=int, default=8, help="largest `n` a request may ask for")
-    p.add_argument("--api-key", action="append", default=[],
-                   help=f"accept this Bearer key (repeatable; also ${API_KEY_ENV}, "
-                        "comma-separated). Without keys the API is open.")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024,
+                   help="largest request body accepted; larger ones get 413 (default 4 MiB)")
+
+    access = p.add_argument_group("access")
+    access.add_argument("--api-key", action="append", default=[],
+                        help=f"accept this Bearer key (repeatable; also ${API_KEY_ENV}, "
+                             "comma-separated). Without keys the API is open.")
+    access.add_argument("--api-key-file", type=Path, default=None,
+                        help="file with one API key per line ('#' starts a comment)")
+    access.add_argument("--metrics-require-key", action="store_true",
+                        help="/metrics asks for an API key too (default: open, like /health)")
+
+    limits = p.add_argument_group("rate limits and backpressure")
+    limits.add_argument("--rpm", "--requests-per-minute", dest="rpm", type=_positive_int,
+                        default=None, help="requests per minute per API key (default: no limit)")
+    limits.add_argument("--tpm", "--tokens-per-minute", dest="tpm", type=_positive_int,
+                        default=None,
+                        help="tokens per minute per API key, prompt + max completion reserved "
+                             "at admission and settled at the end (default: no limit)")
+    limits.add_argument("--max-queue", type=_non_negative_int, default=64,
+                        help="requests that may wait for a free sequence; beyond that: 503 "
+                             "(default 64)")
+    limits.add_argument("--max-queue-wait", type=_non_negative_float, default=120.0,
+                        help="seconds a request may wait for a free sequence before a 503 "
+                             "(default 120)")
+
+    ops = p.add_argument_group("operations")
+    ops.add_argument("--shutdown-grace", type=_non_negative_float, default=30.0,
+                     help="on SIGTERM/SIGINT, seconds in-flight requests get to finish before "
+                          "they are ended (streams with a final chunk and [DONE]; default 30)")
+    ops.add_argument("--access-log", nargs="?", const="-", default=None, metavar="PATH",
+                     help="one JSON line per request, to PATH or stdout (bare flag); "
+                          "default off")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"],
                    help="debug also shows llama.cpp's own log")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,12 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Build the settings; a keys file that cannot be used raises KeyFileError."""
     keys = tuple(args.api_key) + Settings.keys_from_env()
+    if args.api_key_file is not None:
+        keys += Settings.keys_from_file(args.api_key_file)
     return Settings(
         model=args.model, model_name=args.model_name, host=args.host, port=args.port,
         ctx_size=args.ctx_size, kv_cells=args.kv_cells, max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
-        threads=args.threads, max_n=args.max_n, api_keys=keys, log_level=args.log_level,
+        threads=args.threads, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
+        api_keys=keys, log_level=args.log_level,
+        requests_per_minute=args.rpm, tokens_per_minute=args.tpm,
+        max_queue=args.max_queue, max_queue_wait=args.max_queue_wait,
+        shutdown_grace=args.shutdown_grace, access_log=args.access_log,
+        metrics_require_key=args.metrics_require_key,
     )
 
 
@@ -69,7 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         from chatd.bench import loadgen
 
         sys.exit(loadgen.run_from_args(args))
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except KeyFileError as exc:
+        print(f"chatd: {exc}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,6 +9,10 @@ from pathlib import Path
 API_KEY_ENV = "CHATD_API_KEY"  # one key, or several separated by commas
 
 
+class KeyFileError(ValueError):
+    """A keys file that cannot be used; reported in one line at start-up."""
+
+
 @dataclass(frozen=True)
 class Settings:
     model: Path | None = None          # None = the bundled SmolLM2
@@ -25,8 +29,36 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     log_level: str = "info"
+    # shared deployment: limits, backpressure, observability, shutdown
+    requests_per_minute: int | None = None   # per key; None = unlimited
+    tokens_per_minute: int | None = None     # per key, prompt + max completion reserved
+    max_queue: int = 64                # requests that may wait for a sequence slot
+    max_queue_wait: float = 120.0      # seconds one may wait before a 503
+    shutdown_grace: float = 30.0       # seconds in-flight requests get after SIGTERM
+    access_log: str | None = None      # None = off, "-" = stdout, else a file path
+    metrics_require_key: bool = False  # /metrics asks for an API key too
 
     @staticmethod
     def keys_from_env() -> tuple[str, ...]:
         raw = os.environ.get(API_KEY_ENV, "")
         return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+    @staticmethod
+    def keys_from_file(path: Path) -> tuple[str, ...]:
+        """One key per line; blank lines and ``#`` comments (whole-line or trailing) are
+        skipped. A key never contains whitespace, so anything else on a line is an error
+        rather than a silently different key."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyFileError(f"cannot read the API keys file {path}: {exc}") from exc
+        keys = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            if len(words) > 1 and not words[1].startswith("#"):
+                raise KeyFileError(f"{path}, line {number}: an API key cannot contain "
+                                   "whitespace (put comments after '#')")
+            keys.append(words[0])
+        return tuple(keys)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 import llama_cpp
 import uvicorn
+from fastapi import FastAPI
 
 from chatd import __version__
 from chatd.api.app import create_app
+from chatd.api.context import ServerContext
+from chatd.api.metering import MeteredChatService
 from chatd.chat.service import ChatService
 from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
@@ -62,16 +72,18 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.max_sequences < 1:
         raise ConfigError("--max-sequences must be at least 1")
     max_slots = llama_cpp.llama_max_parallel_sequences()
-    n_slots = min(max_slots, max(2 * settings.max_sequences, settings.max_sequences + 4))
+    # One llama.cpp sequence id is the scheduler's trash (see engine/scheduler.py).
+    n_slots = min(max_slots - 1, max(2 * settings.max_sequences, settings.max_sequences + 4))
     if settings.max_sequences > n_slots:
         raise ConfigError(f"--max-sequences is at most {max_slots} with this llama.cpp build")
     batch_tokens = max(settings.batch_tokens, settings.max_sequences)
 
-    model = LlamaModel(info.path, LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots,
+    model = LlamaModel(info.path, LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 1,
                                                 n_batch=batch_tokens, n_threads=settings.threads))
     engine = Engine(model, EngineConfig(
         max_running=settings.max_sequences, n_slots=n_slots, ctx_size=ctx_size,
-        batch_tokens=batch_tokens, prefill_chunk=max(1, settings.prefill_chunk)))
+        batch_tokens=batch_tokens, prefill_chunk=max(1, settings.prefill_chunk),
+        epoch_cells=max(ctx_size, 8192)))
     template_source = info.chat_template
     if template_source is None:
         log.warning("%s has no chat template in its metadata; using the built-in ChatML "
@@ -81,8 +93,8 @@ def build_runtime(settings: Settings) -> Runtime:
         bos_token=model.token_text(model.bos_id) if model.bos_id >= 0 else "",
         eos_token=model.token_text(model.eos_id) if model.eos_id >= 0 else "",
     )
-    chat = ChatService(engine, template, ctx_size=ctx_size,
-                       max_n=min(settings.max_n, settings.max_sequences))
+    chat = MeteredChatService(engine, template, ctx_size=ctx_size,
+                              max_n=min(settings.max_n, settings.max_sequences))
     fingerprint = info.fingerprint({
         "ctx_size": ctx_size, "kv_cells": kv_cells, "batch_tokens": batch_tokens,
         "chatd": __version__, "llama_cpp": llama_cpp.__version__,
@@ -90,10 +102,22 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(settings, info, model, engine, chat, info.name, ctx_size, fingerprint)
 
 
+SHUTDOWN_MARGIN_S = 5.0
+"""After the grace deadline aborts generation, how long streams get to send their final
+chunk and [DONE] before uvicorn cancels whatever is left."""
+
+
 class _Server(uvicorn.Server):
-    """uvicorn, plus the one 'ready' line once the socket is listening."""
+    """uvicorn, plus the 'ready' line, and a drain that ends with exit status 0.
+
+    On SIGTERM/SIGINT uvicorn stops accepting and waits for in-flight responses. At
+    the grace deadline every request still queued is refused and every generation is
+    aborted, so each stream ends with a finish chunk and [DONE] instead of a torn
+    connection; uvicorn's own deadline (a little later) only cancels stragglers.
+    """
 
     runtime: Runtime
+    app: FastAPI
 
     async def startup(self, sockets: list | None = None) -> None:
         await super().startup(sockets)
@@ -104,17 +128,85 @@ class _Server(uvicorn.Server):
                      rt.model_name, rt.info.path.name, rt.ctx_size,
                      rt.settings.max_sequences)
 
+    async def shutdown(self, sockets: list | None = None) -> None:
+        grace = self.runtime.settings.shutdown_grace
+        ctx: ServerContext = self.app.state.ctx
+        in_flight = ctx.gate.queue.in_use + ctx.gate.queue.depth
+        log.info("shutting down: no new connections; %d request(s) in flight get up to "
+                 "%gs to finish", in_flight, grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_later(grace, self._deadline)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            deadline.cancel()
+
+    def _deadline(self) -> None:
+        ctx: ServerContext = self.app.state.ctx
+        if ctx.gate.queue.in_use or ctx.gate.queue.depth:
+            log.warning("shutdown grace period over: ending the remaining requests")
+        ctx.gate.close()
+        self.runtime.engine.abort_all()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's version re-raises the signal after a graceful shutdown, so the
+        process would die by it (status 143/130); a completed drain exits 0 instead."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {sig: signal.signal(sig, self.handle_exit)
+                     for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting
+        else:
+            self.should_exit = True
+
+
+def _warn_if_open(settings: Settings, key_tags: list[str]) -> None:
+    """An open server on a reachable address serves anyone who finds it: say so loudly."""
+    if key_tags:
+        log.info("API keys required: %d configured (tags %s)", len(key_tags),
+                 ", ".join(key_tags))
+        return
+    if _is_loopback(settings.host):
+        return
+    bar = "!" * 78
+    log.warning("\n%s\n!! NO API KEY IS CONFIGURED and chatd listens on %s, which is not a "
+                "loopback\n!! address: anyone who can reach this port can use the model. "
+                "Set --api-key,\n!! --api-key-file or $CHATD_API_KEY.\n%s",
+                bar, settings.host, bar)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 def serve(settings: Settings) -> None:
     runtime = build_runtime(settings)
     runtime.engine.start()
     app = create_app(runtime)
+    _warn_if_open(settings, app.state.ctx.auth.tags)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning",
-        loop="uvloop", http="httptools", timeout_graceful_shutdown=30,
+        loop="uvloop", http="httptools",
+        timeout_graceful_shutdown=max(0.0, settings.shutdown_grace) + SHUTDOWN_MARGIN_S,
     )
     server = _Server(config)
     server.runtime = runtime
+    server.app = app
     try:
         server.run()
     finally:

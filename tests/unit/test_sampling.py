@@ -127,3 +127,16 @@ def test_log_softmax_matches_reference() -> None:
     ref = r.astype(np.float64) - np.log(np.exp(r.astype(np.float64)).sum())
     assert np.allclose(log_softmax_at(r, ids), ref[ids])
     assert top_ids(r, 4).tolist() == np.argsort(r)[::-1][:4].tolist()
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_overflowed_row_still_yields_a_finite_token(greedy: bool) -> None:
+    """repetition_penalty near 0 divides logits into +inf; NaNs must not escape."""
+    params = SamplingParams(temperature=0.0 if greedy else 1.0, repetition_penalty=1e-38,
+                            min_p=0.5, top_p=0.9)
+    row = np.array([1.0, 30.0, 5.0, -2.0, 4.0], dtype=np.float32)
+    sampler = Sampler(params, 5, prompt_tokens=[1, 2], seed=3)
+    token = sampler.sample(row)
+    assert 0 <= token < 5
+    row[4] = np.nan
+    assert 0 <= sampler.sample(row) < 5

@@ -22,6 +22,9 @@ class FakeKV:
     def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
         self.ops.append(("cp", src, dst, start, end))
 
+    def clear(self) -> None:
+        self.ops.append(("clear",))
+
 
 def make_group(prompt: list[int], *, n: int = 1, max_new: int = 10) -> Group:
     params = SamplingParams(max_new_tokens=max_new)
@@ -69,15 +72,17 @@ def test_fifo_and_running_limit() -> None:
 
 
 def test_reservation_blocks_when_cells_would_overflow() -> None:
-    sched, _ = make_scheduler(kv_cells=30, max_running=4)
+    sched, _ = make_scheduler(kv_cells=25, max_running=4)
     a = make_group(list(range(10)), max_new=10)   # reserves 20
-    b = make_group(list(range(50, 60)), max_new=10)  # needs 20 more: only 10 left
+    b = make_group(list(range(50, 60)), max_new=10)  # needs 20 more: only 5 left
     sched.add(a)
     sched.add(b)
     assert sched.admit() == [a]
+    run_prefill(sched)
     sched.release(a.seqs[0])
-    # a's cells stay as an idle cache entry, evicted to make room for b.
+    # Nothing runs any more: the cache is cleared (a new epoch) to make room for b.
     assert sched.admit() == [b]
+    assert sched.epochs == 1
 
 
 def test_prefix_cache_reuses_a_finished_sequence_slot() -> None:
@@ -95,7 +100,8 @@ def test_prefix_cache_reuses_a_finished_sequence_slot() -> None:
     leader = second.seqs[0]
     assert leader.cached_tokens == 7
     assert leader.n_cached == 7
-    assert ("rm", leader.slot, 7, -1) in kv.ops, "the idle entry is reused in place"
+    assert leader.slot == 0, "the idle entry is reused in place"
+    assert not [op for op in kv.ops if op[0] == "rm"], "no cell is freed"
     plan = sched.plan()
     assert plan.tokens == [8, 9]
     assert plan.positions == [7, 8]
@@ -158,3 +164,43 @@ def test_n_siblings_fork_from_the_leader_prompt() -> None:
     for sib in siblings:
         assert ("cp", g.seqs[0].slot, sib.slot, 0, 4) in kv.ops
         assert sib.n_cached == 4
+
+
+def test_cells_are_detached_to_trash_never_freed_while_running() -> None:
+    """A freed hole would be refilled first and put a running sequence's next cell
+    before its earlier ones; detached cells stay allocated under the trash id."""
+    sched, kv = make_scheduler(max_running=3)
+    a = make_group([1, 2, 3, 4, 5, 6])
+    sched.add(a)
+    sched.admit()
+    run_prefill(sched)
+    sched.release(a.seqs[0])
+    runner = make_group([40, 41, 42])
+    sched.add(runner)
+    sched.admit()
+    b = make_group([1, 2, 3, 9])  # shares 3 tokens with a's idle entry
+    sched.add(b)
+    sched.admit()
+    slot = b.seqs[0].slot
+    assert kv.ops[-2:] == [("cp", slot, sched.trash, 3, -1), ("rm", slot, 3, -1)]
+    assert ("clear",) not in kv.ops
+
+
+def test_epoch_ends_only_when_nothing_runs() -> None:
+    sched, kv = make_scheduler(kv_cells=1000, max_running=3, epoch_cells=12)
+    a = make_group(list(range(10)), max_new=4)
+    sched.add(a)
+    sched.admit()
+    run_prefill(sched)
+    assert sched.allocated == 10
+    for token in (100, 101):
+        sched.commit(sched.plan())
+        a.seqs[0].tokens.append(token)
+    assert sched.allocated == 12
+    b = make_group(list(range(50, 55)))
+    sched.add(b)
+    assert sched.admit() == [], "the epoch is full: b waits for a to finish"
+    sched.release(a.seqs[0])
+    assert sched.admit() == [b]
+    assert ("clear",) in kv.ops and sched.allocated == 0 and sched.epochs == 1
+    assert all(not s.tokens for s in sched.slots if s.owner is None)

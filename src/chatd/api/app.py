@@ -3,35 +3,82 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from chatd import __version__
+from chatd.api.accesslog import AccessLog
+from chatd.api.admission import AdmissionGate
 from chatd.api.auth import KeyChecker
 from chatd.api.context import ServerContext
-from chatd.api.errors import install_error_handlers
+from chatd.api.errors import APIError, install_error_handlers
+from chatd.api.gatekeeper import Gatekeeper
+from chatd.api.metrics import Metrics
 from chatd.api.middleware import RequestContextMiddleware
-from chatd.api.routes import chat, health, models
+from chatd.api.openapi import install_openapi
+from chatd.api.ratelimit import RateLimiter
+from chatd.api.routes import chat, health, metrics, models
 
 if TYPE_CHECKING:
     from chatd.server import Runtime
 
 
+async def _unencodable_text(request: Request, exc: Exception) -> JSONResponse:
+    """JSON may escape a lone UTF-16 surrogate (``"\\ud800"``), which no UTF-8 text can
+    hold; it surfaces only when the text is encoded for the tokenizer. The client sent
+    it, so it is the client's 400, not a 500."""
+    return APIError.bad_request(
+        "The request contains a string that is not valid Unicode (an unpaired UTF-16 "
+        "surrogate escape such as \\ud800). Send text as valid UTF-8.",
+        code="invalid_value").to_response()
+
+
+def _engine_thread_alive(engine: object) -> bool:
+    """A dead engine thread leaves every request waiting forever while the HTTP side
+    looks fine; /health must say so. (Reads the engine's thread until the engine
+    exposes its own liveness.)"""
+    thread = getattr(engine, "_thread", None)
+    return thread is None or thread.is_alive()
+
+
 def create_app(runtime: Runtime) -> FastAPI:
+    settings = runtime.settings
     app = FastAPI(title="chatd", version=__version__,
                   description="OpenAI-compatible Chat Completions on a local model.")
+    auth = KeyChecker(settings.api_keys)
+    limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+    admission = AdmissionGate(settings.max_sequences, max_queue=settings.max_queue,
+                              max_wait=settings.max_queue_wait)
+    meters = Metrics(runtime.engine.stats, lambda: (admission.depth, admission.in_use))
+    alive = partial(_engine_thread_alive, runtime.engine)
+    gate = Gatekeeper(limiter, admission, meters, auth_enabled=auth.enabled, alive=alive)
     app.state.ctx = ServerContext(
         chat=runtime.chat,
         stats=runtime.engine.stats,
         model_name=runtime.model_name,
         fingerprint=runtime.fingerprint,
         created=int(time.time()),
-        auth=KeyChecker(runtime.settings.api_keys),
+        auth=auth,
+        gate=gate,
+        metrics=meters,
+        metrics_require_key=settings.metrics_require_key,
+        alive=alive,
     )
     install_error_handlers(app)
+    app.add_exception_handler(UnicodeEncodeError, _unencodable_text)
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=runtime.settings.max_body_bytes)
+    app.include_router(metrics.router)
+    install_openapi(app)
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+        rate_limit_headers=lambda key: limiter.headers(gate.bucket_key(key)),
+        metrics=meters,
+        access_log=AccessLog(settings.access_log) if settings.access_log else None,
+        known_routes=frozenset(getattr(r, "path", "") for r in app.routes),
+    )
     return app

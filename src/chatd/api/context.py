@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from chatd.api.auth import KeyChecker
+from chatd.api.gatekeeper import Gatekeeper
+from chatd.api.metrics import Metrics
 from chatd.chat.service import ChatService
 
 
@@ -19,6 +21,10 @@ class ServerContext:
     fingerprint: str
     created: int
     auth: KeyChecker
+    gate: Gatekeeper               # per-key limits and the admission queue
+    metrics: Metrics
+    metrics_require_key: bool = False
+    alive: Callable[[], bool] = lambda: True  # the engine can still make progress
 
 
 def context(request: Request) -> ServerContext:

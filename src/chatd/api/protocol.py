@@ -463,7 +463,7 @@ class ChatCompletionRequest(_Strict):
     # local extensions (llama.cpp / vLLM style samplers)
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=10)
 
     # streaming
     stream: bool | None = None

@@ -8,7 +8,7 @@ prompt teaches (`<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`):
 - `auto`               -> free text, or text then calls; once `<tool_call>` starts,
                           the call must name a declared tool and match its schema;
 - `required` / named   -> calls only, constrained from the first token.
-`parallel_tool_calls: false` allows exactly one call.
+`parallel_tool_calls: false` allows exactly one call; a named function is called once.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def build_output_spec(req: Any) -> OutputSpec:
                                    f"tools ({', '.join(names)}).",
                                    param="tool_choice.function.name")
         callable_tools = [t for t in tools if t.function.name == wanted]
-        mode = "required"
+        mode = "named"
     elif mode == "allowed_tools":
         allowed = {t.get("function", {}).get("name") for t in choice.allowed_tools.tools}
         callable_tools = [t for t in tools if t.function.name in allowed]
@@ -126,10 +126,11 @@ def build_output_spec(req: Any) -> OutputSpec:
         start = f"start: {content}" if schema else "start: TEXT?"
     else:
         one = {"anyOf": [_call_schema(t) for t in callable_tools]}
-        parallel = req.parallel_tool_calls is not False
+        # A named function is called exactly once, as OpenAI does.
+        parallel = req.parallel_tool_calls is not False and mode != "named"
         calls = "call (SEP call)*" if parallel else "call"
         body = {"auto": f"{content} | TEXT? calls" if not schema else f"{content} | calls",
-                "required": "calls"}[mode]
+                "required": "calls", "named": "calls"}[mode]
         start = (f"start: {body}\n"
                  f"calls: {calls}\n"
                  f"call: {_lark_str(CALL_OPEN)} {_lark_json(one)} {_lark_str(CALL_CLOSE)}\n"

@@ -265,7 +265,7 @@ class ToolCallStreamParser:
         if self._literal:
             m = _LITERAL_RUN.match(s)
             i = m.end() if m else 0
-            return self._args_consumed(s, i, done=i < len(s) - 1 or not s)
+            return self._args_consumed(s, i, done=i < len(s))
         i, n = 0, len(s)
         depth, in_string, escape = self._depth, self._in_string, self._escape
         done = False

@@ -36,6 +36,7 @@ class EngineConfig:
     ctx_size: int = 8192        # most tokens one sequence may hold
     batch_tokens: int = 512     # tokens in one llama_decode
     prefill_chunk: int = 64     # prompt tokens per step while others decode
+    epoch_cells: int = 8192     # cells written before the KV cache is recycled
 
 
 class EngineStopped(RuntimeError):
@@ -90,7 +91,7 @@ class Engine:
         self.scheduler = Scheduler(
             model, n_slots=config.n_slots, kv_cells=model.kv_cells,
             max_running=config.max_running, batch_tokens=config.batch_tokens,
-            prefill_chunk=config.prefill_chunk,
+            prefill_chunk=config.prefill_chunk, epoch_cells=config.epoch_cells,
         )
         self._inbox: deque[Group] = deque()
         self._wake = threading.Event()
@@ -130,7 +131,8 @@ class Engine:
         prompt = list(request.prompt_tokens)
         if not prompt:
             raise ValueError("empty prompt")
-        if len(prompt) + request.params.max_new_tokens > self.config.ctx_size:
+        if len(prompt) + request.params.max_new_tokens > min(self.config.ctx_size,
+                                                              self.model.kv_cells):
             raise ValueError("prompt plus max_new_tokens exceeds the context size")
         if request.n > self.config.max_running:
             raise ValueError(f"n={request.n} exceeds max running sequences")
@@ -159,6 +161,8 @@ class Engine:
             "kv_cells_total": self.model.kv_cells,
             "kv_cells_running": running,
             "kv_cells_cached": cached,
+            "kv_cells_allocated": self.scheduler.allocated,
+            "kv_epochs": self.scheduler.epochs,
             "prefix_cache_hit_tokens": self.scheduler.prefix_hit_tokens,
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,
@@ -205,14 +209,21 @@ class Engine:
     def _sample(self, plan: StepPlan) -> None:
         model = self.model
         for seq, row_index in plan.samplers:
+            if seq.status is Status.FINISHED:  # a sibling's failure ended its group
+                continue
             row = model.logits_row(row_index)
-            if seq.status is Status.PREFILL:
-                seq.status = Status.DECODE
-                siblings = self.scheduler.fork(seq) if len(seq.group.seqs) > 1 else []
-                for sib in siblings:
-                    sib.status = Status.DECODE
-                    self._emit_token(sib, row)
-            self._emit_token(seq, row)
+            try:
+                if seq.status is Status.PREFILL:
+                    seq.status = Status.DECODE
+                    siblings = self.scheduler.fork(seq) if len(seq.group.seqs) > 1 else []
+                    for sib in siblings:
+                        sib.status = Status.DECODE
+                        self._emit_token(sib, row)
+                self._emit_token(seq, row)
+            except Exception:
+                # A bug in one request's sampling must not take the engine down with it.
+                log.exception("sampling failed for request %d", seq.group.id)
+                self._finish_group(seq.group, "error", "internal error while sampling")
 
     def _emit_token(self, seq: Sequence, row: np.ndarray) -> None:
         params = seq.group.request.params
@@ -299,7 +310,5 @@ class Engine:
         groups = {seq.group for seq, _ in plan.advanced}
         for group in groups:
             for seq in group.seqs:
-                if seq.slot >= 0:
-                    self.model.seq_remove(seq.slot)
-                    self.scheduler.slots[seq.slot].tokens = []
+                self.scheduler.discard(seq)
             self._finish_group(group, "error", message)

@@ -87,7 +87,8 @@ class Sampler:
             ids = np.fromiter(self._seen, dtype=np.int64, count=len(self._seen))
             v = x[ids]
             rp = np.float32(p.repetition_penalty)
-            x[ids] = np.where(v > 0, v / rp, v * rp)
+            with np.errstate(over="ignore"):  # overflow to inf is handled in sample()
+                x[ids] = np.where(v > 0, v / rp, v * rp)
         if len(self._banned):
             x[self._banned] = _NEG_INF
         if self._only is not None:
@@ -103,7 +104,7 @@ class Sampler:
             # logit_bias banned every token the grammar allows: the grammar wins.
             x = np.where(mask, _NEG_INF, row)
         if self.greedy:
-            return int(np.argmax(x))
+            return _best_finite(x)
         p = self.params
         u = self.rng.random()  # exactly one draw per token keeps seeded runs aligned
         scaled = x / np.float32(p.temperature) if p.temperature != 1.0 else x
@@ -113,7 +114,12 @@ class Sampler:
         else:
             cand = None
             logits = scaled.astype(np.float64)
-        probs = np.exp(logits - logits.max())
+        peak = logits.max()
+        if not np.isfinite(peak):
+            # Extreme penalties or biases overflowed the row: fall back to its best
+            # finite token instead of sampling from NaNs.
+            return _best_finite(x)
+        probs = np.exp(logits - peak)
         probs /= probs.sum()
         if p.top_p < 1.0:
             cand, probs = _nucleus(cand, probs, p.top_p)
@@ -125,6 +131,15 @@ class Sampler:
         i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
         i = min(i, cdf.shape[0] - 1)
         return int(cand[i]) if cand is not None else i
+
+
+def _best_finite(x: np.ndarray) -> int:
+    """argmax that ignores NaN and +inf (both only come from overflowed penalties)."""
+    best = int(np.argmax(x))
+    if np.isfinite(x[best]):
+        return best
+    finite = np.where(np.isfinite(x), x, _NEG_INF)
+    return int(np.argmax(finite))
 
 
 def _nucleus(cand: np.ndarray | None, probs: np.ndarray, top_p: float

@@ -4,15 +4,22 @@ Policy:
 - At most `max_running` sequences decode together (more only slows every stream
   on a CPU); later requests wait in FIFO order, and the head of the queue is never
   overtaken, so nobody starves.
-- Admission reserves each sequence's worst case (prompt + max new tokens) in the
-  KV cell pool, so a running sequence can never hit a full cache mid-generation.
-  Cells shared through the prefix cache are counted once per slot: a safe
-  overestimate.
+- KV cells are handed out in epochs, and no cell is freed inside one. Flash
+  attention visits a sequence's cells in cache order, so a sequence whose later
+  tokens landed in a hole below its earlier ones would get (slightly) different
+  logits than the same request run alone; llama.cpp fills the lowest freed hole
+  first. So cells a sequence no longer needs are detached to a `trash` sequence
+  id instead of removed: llama.cpp then keeps allocating upward and every
+  sequence's cells stay in position order. When the next request does not fit,
+  admission waits for the running sequences to finish and then clears the whole
+  cache (a new epoch). An epoch also ends after `epoch_cells` cells, because
+  attention scans every cell below the highest one in use. Admission reserves each
+  sequence's worst case (new prompt cells + max new tokens), so a running sequence
+  never meets a full cache.
 - A finished sequence leaves its tokens in its slot as a prefix cache entry. A new
-  request starts from the longest common prefix found in any slot, copying those
+  request starts from the longest common prefix found in any slot, sharing those
   cells (llama.cpp's unified cache makes a copy a reference) instead of
-  recomputing them. Idle entries are evicted least-recently-used when a slot or
-  cells are needed.
+  recomputing them. Idle entries give up their slot least-recently-used first.
 - Every step decodes one token for each running sequence plus prompt chunks of
   waiting ones, up to a token budget that is kept small while others decode so
   a long prompt cannot freeze their streams.
@@ -35,6 +42,7 @@ _clock = itertools.count()
 class KVOps(Protocol):
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None: ...
     def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None: ...
+    def clear(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -84,9 +92,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class Scheduler:
     def __init__(self, kv: KVOps, *, n_slots: int, kv_cells: int, max_running: int,
-                 batch_tokens: int, prefill_chunk: int) -> None:
+                 batch_tokens: int, prefill_chunk: int, epoch_cells: int | None = None) -> None:
         self.kv = kv
+        # Attention scans every cell up to the highest one in use, so an epoch stops
+        # admitting once this many cells are written, even if the pool has room.
+        self.epoch_cells = min(kv_cells, epoch_cells or kv_cells)
         self.slots = [Slot(i) for i in range(n_slots)]
+        self.trash = n_slots  # llama.cpp sequence id that holds detached cells
         self.kv_cells = kv_cells
         self.max_running = max_running
         self.batch_tokens = batch_tokens
@@ -94,15 +106,15 @@ class Scheduler:
         self.waiting: deque[Group] = deque()
         self.running: list[Sequence] = []
         self.prefix_hit_tokens = 0
+        self.allocated = 0      # cells written in this epoch (never freed inside it)
+        self._reserved: dict[int, int] = {}  # id(seq) -> cells it may still allocate
+        self.epochs = 0
 
     # ---- accounting ---------------------------------------------------------------
 
-    def reserved_cells(self) -> int:
-        """Worst-case cells of running sequences plus what idle cache entries hold."""
-        total = 0
-        for slot in self.slots:
-            total += slot.owner.max_len if slot.owner else len(slot.tokens)
-        return total
+    def committed_cells(self) -> int:
+        """Cells written this epoch plus what running sequences may still write."""
+        return self.allocated + sum(self._reserved.values())
 
     def cells_in_use(self) -> tuple[int, int]:
         """(cells held by running sequences, cells held only as prefix cache)."""
@@ -134,11 +146,11 @@ class Scheduler:
         n = len(group.seqs)
         if len(self.running) + n > self.max_running:
             return False
-        need = sum(s.max_len for s in group.seqs)
         idle = sorted((s for s in self.slots if s.owner is None), key=lambda s: s.last_used)
         if len(idle) < n:
             return False
         prompt = group.seqs[0].tokens
+        max_new = group.request.params.max_new_tokens
         # Best cached prefix anywhere (idle or running slots), keeping >= 1 token to
         # prefill so the last prompt position yields logits.
         best_slot, best_len = None, 0
@@ -146,44 +158,47 @@ class Scheduler:
             length = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
             if length > best_len:
                 best_slot, best_len = slot, length
-        # Choose the leader's slot: reuse the best idle entry in place when it is idle.
+        need = len(prompt) - best_len + n * max_new
+        if (self.committed_cells() + need > self.kv_cells
+                or self.allocated >= self.epoch_cells):
+            if self.running:
+                return False  # wait for the epoch to drain
+            self._new_epoch()
+            best_slot, best_len = None, 0
+            need = len(prompt) + n * max_new
+            if need > self.kv_cells:
+                return False  # cannot happen: the engine checks ctx_size <= kv_cells
+        # The leader reuses the best idle entry in place when it is idle.
         leader_slot = best_slot if best_slot is not None and best_slot.owner is None else None
         chosen = [leader_slot] if leader_slot else []
         chosen += [s for s in idle if s is not leader_slot][: n - len(chosen)]
-        # Cells: evict idle entries (LRU first, never the ones we are about to use
-        # as a source) until the worst case fits.
-        free = self.kv_cells - self.reserved_cells()
-        free += sum(len(s.tokens) for s in chosen)  # their old contents go away
-        evictable = [s for s in idle if s not in chosen and s is not best_slot]
-        to_evict = []
-        for slot in evictable:
-            if free >= need:
-                break
-            if slot.tokens:
-                free += len(slot.tokens)
-                to_evict.append(slot)
-        if free < need:
-            return False
-        for slot in to_evict:
-            self._clear(slot)
         leader = group.seqs[0]
         self._bind(leader, chosen[0], best_slot, best_len)
         leader.status = Status.PREFILL
+        self._reserved[id(leader)] = len(prompt) - best_len + max_new
         for seq, slot in zip(group.seqs[1:], chosen[1:], strict=True):
-            self._clear(slot)
+            self._detach(slot, 0)
             slot.owner = seq
             seq.slot = slot.id
             seq.status = Status.FORKING
+            self._reserved[id(seq)] = max_new
         self.running.extend(group.seqs)
         return True
+
+    def _new_epoch(self) -> None:
+        """Nothing runs: free every cell at once, so allocation restarts at cell 0."""
+        self.kv.clear()
+        for slot in self.slots:
+            slot.tokens = []
+        self.allocated = 0
+        self.epochs += 1
 
     def _bind(self, seq: Sequence, slot: Slot, source: Slot | None, reuse: int) -> None:
         """Give `seq` its slot, keeping `reuse` prompt tokens from `source`'s cells."""
         if source is slot:
-            self.kv.seq_remove(slot.id, reuse, -1)
-            del slot.tokens[reuse:]
+            self._detach(slot, reuse)
         else:
-            self._clear(slot)
+            self._detach(slot, 0)
             if source is not None and reuse > 0:
                 self.kv.seq_copy(source.id, slot.id, 0, reuse)
                 slot.tokens = source.tokens[:reuse]
@@ -195,10 +210,13 @@ class Scheduler:
         seq.cached_tokens = reuse
         self.prefix_hit_tokens += reuse
 
-    def _clear(self, slot: Slot) -> None:
-        if slot.tokens:
-            self.kv.seq_remove(slot.id, 0, -1)
-            slot.tokens = []
+    def _detach(self, slot: Slot, start: int) -> None:
+        """Drop the slot's tokens from `start` on without freeing their cells (see the
+        module docstring): they move to the trash sequence until the epoch ends."""
+        if len(slot.tokens) > start:
+            self.kv.seq_copy(slot.id, self.trash, start, -1)
+            self.kv.seq_remove(slot.id, start, -1)
+            del slot.tokens[start:]
 
     # ---- stepping -------------------------------------------------------------------
 
@@ -228,6 +246,10 @@ class Scheduler:
             slot.tokens.extend(seq.tokens[seq.n_cached:seq.n_cached + count])
             seq.n_cached += count
             slot.last_used = next(_clock)
+            self.allocated += count
+            left = self._reserved.get(id(seq))
+            if left is not None:
+                self._reserved[id(seq)] = max(0, left - count)
 
     def fork(self, leader: Sequence) -> list[Sequence]:
         """After the leader's prompt is cached, siblings share its cells."""
@@ -248,3 +270,9 @@ class Scheduler:
             seq.slot = -1
         if seq in self.running:
             self.running.remove(seq)
+        self._reserved.pop(id(seq), None)
+
+    def discard(self, seq: Sequence) -> None:
+        """Forget a failed sequence's cells (they may be incomplete)."""
+        if seq.slot >= 0:
+            self._detach(self.slots[seq.slot], 0)

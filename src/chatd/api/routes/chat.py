@@ -23,11 +23,16 @@ from chatd.api.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
     TokenLogprobOut,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
+from chatd.chat.choice import ChoiceDelta
 from chatd.chat.errors import ChatRequestError, GenerationFailed
-from chatd.chat.service import ChoiceDelta, PreparedChat, UsageCount
+from chatd.chat.service import PreparedChat, UsageCount
 
 log = logging.getLogger("chatd.api")
 router = APIRouter()
@@ -37,6 +42,7 @@ router = APIRouter()
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     ctx = context(request)
     ctx.auth.check(request)
+    ctx.gate.count_request(request, body)  # requests per minute: 429
     if body.model != ctx.model_name:
         raise APIError.model_not_found(body.model)
     chat = ctx.chat
@@ -44,6 +50,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         prepared = await chat.prepare(body)
     except ChatRequestError as exc:
         raise APIError.from_chat_error(exc) from exc
+    await ctx.gate.admit(request, prepared)  # tokens per minute: 429; queue: 503
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
     if body.stream:
@@ -70,11 +77,16 @@ async def _complete(ctx: ServerContext, prepared: PreparedChat, body: ChatComple
     logprobs: list[list[dict] | None] = [
         [] if body.logprobs else None for _ in range(n)]
     finish: list[str] = ["stop"] * n
+    calls: list[list[ToolCall]] = [[] for _ in range(n)]
     usage = UsageCount()
     try:
-        async with contextlib.aclosing(ctx.chat.run(prepared, usage)) as deltas:
+        async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=False)) as deltas:
             async for delta in deltas:
                 texts[delta.index].append(delta.content)
+                calls[delta.index].extend(
+                    ToolCall(id=c.id or "", type="function",
+                             function=FunctionCall(name=c.name or "", arguments=c.arguments))
+                    for c in delta.tool_calls)
                 entries = logprobs[delta.index]
                 if entries is not None and delta.logprobs:
                     entries.extend(delta.logprobs)
@@ -87,7 +99,8 @@ async def _complete(ctx: ServerContext, prepared: PreparedChat, body: ChatComple
         id=completion_id, created=created, model=ctx.model_name,
         system_fingerprint=ctx.fingerprint,
         choices=[
-            Choice(index=i, message=ChatMessage(content="".join(texts[i])),
+            Choice(index=i, message=ChatMessage(content="".join(texts[i]) or (
+                       None if calls[i] else ""), tool_calls=calls[i] or None),
                    logprobs=_logprobs(logprobs[i]), finish_reason=finish[i])  # type: ignore[arg-type]
             for i in range(n)
         ],
@@ -115,15 +128,26 @@ async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionR
             index=delta.index, delta=Delta(content=delta.content),
             logprobs=_logprobs(delta.logprobs) if want_logprobs else None)])
 
+    def tool_chunk(delta: ChoiceDelta) -> str:
+        fragments = [
+            ToolCallDelta(index=c.index, id=c.id, type="function",
+                          function=FunctionCallDelta(name=c.name, arguments=c.arguments))
+            if c.id is not None else
+            ToolCallDelta(index=c.index, function=FunctionCallDelta(arguments=c.arguments))
+            for c in delta.tool_calls]
+        return chunk([ChunkChoice(index=delta.index, delta=Delta(tool_calls=fragments))])
+
     for i in range(prepared.n):
         yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content="",
                                                       refusal=None))])
     usage = UsageCount()
     try:
-        async with contextlib.aclosing(ctx.chat.run(prepared, usage)) as deltas:
+        async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=True)) as deltas:
             async for delta in deltas:
                 if delta.content or (want_logprobs and delta.logprobs):
                     yield content_chunk(delta)
+                if delta.tool_calls:
+                    yield tool_chunk(delta)
                 if delta.finish_reason:
                     yield chunk([ChunkChoice(index=delta.index, delta=Delta(),
                                              finish_reason=delta.finish_reason)])  # type: ignore[arg-type]

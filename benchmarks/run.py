@@ -1,0 +1,355 @@
+"""`make bench`: the engine ceiling, then a real `chatd serve` under closed-loop load.
+
+The two halves answer one question: how much of what llama.cpp can do on this
+machine does the server deliver? For concurrency c the server's summed token rate
+is set beside the ceiling's rate for a batch of c sequences (one decode step holding
+c tokens, nothing else), and beside the best batched ceiling.
+
+    python -m benchmarks.run [--json out.json] [--skip-ceiling] [--skip-server]
+                             [--url http://host:port] [--requests-per-client N]
+
+The ceiling runs first and frees its model before the server starts, so the two
+never compete for the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.ceiling import (
+    DEFAULT_BATCH_SIZES,
+    CeilingResult,
+    format_ceiling,
+    measure_ceiling,
+    special_token_ids,
+)
+from chatd.bench.loadgen import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_TOKENS,
+    LoadResult,
+    default_requests_per_client,
+    parse_int_list,
+    run_load,
+)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll GET /health until 200; fail early if the server process dies."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chatd serve exited with code {proc.returncode} during start-up")
+        try:
+            resp = httpx.get(f"{base}/health", timeout=2.0)
+            if resp.status_code == 200:
+                return
+            last = f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise RuntimeError(f"chatd serve not healthy after {timeout:.0f}s ({last})")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def chatd_server(args: argparse.Namespace) -> Iterator[str]:
+    """Start `chatd serve` on a free port; yield its base URL; SIGTERM (then kill) it."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(port), "--host", "127.0.0.1",
+           "--max-sequences", str(args.max_sequences)]
+    if args.model:
+        cmd += ["--model", str(args.model)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    for extra in args.serve_arg:
+        cmd += extra.split()
+    log_path = Path(tempfile.mkstemp(prefix="chatd-bench-", suffix=".log")[1])
+    print(f"starting: {' '.join(cmd[1:])}  (log: {log_path})", flush=True)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        try:
+            _wait_healthy(base, proc, args.startup_timeout)
+        except RuntimeError:
+            print(_tail(log_path), file=sys.stderr)
+            raise
+        print(f"server healthy after {time.monotonic() - started:.1f}s", flush=True)
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _drive(url: str, args: argparse.Namespace, ban: list[int]) -> list[LoadResult]:
+    results = []
+    for conc in args.concurrency:
+        res = await run_load(
+            url, args.model_name, conc,
+            requests_per_client=args.requests_per_client or default_requests_per_client(conc),
+            max_tokens=args.max_tokens, api_key=args.api_key, ban_tokens=ban,
+        )
+        print(f"  c={conc:<3d} {res.tokens_per_s:8.1f} tok/s  {len(res.requests)} requests, "
+              f"{res.errors} errors", flush=True)
+        results.append(res)
+    return results
+
+
+# Issue: constrained decoding must cost <= 10% of tokens/s. A long free string inside
+# an object keeps the grammar active on every token.
+CONSTRAINED_FORMAT = {"type": "json_schema", "json_schema": {"name": "story", "schema": {
+    "type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"],
+    "additionalProperties": False}}}
+CONSTRAINED_CONCURRENCY = (1, 8)
+
+
+async def _drive_constrained(url: str, args: argparse.Namespace,
+                             ban: list[int]) -> list[LoadResult]:
+    """The same load with a JSON schema enforced, for the constrained-cost ratio."""
+    results = []
+    for conc in CONSTRAINED_CONCURRENCY:
+        res = await run_load(
+            url, args.model_name, conc,
+            requests_per_client=args.requests_per_client or default_requests_per_client(conc),
+            max_tokens=args.max_tokens, api_key=args.api_key, ban_tokens=ban,
+            extra_body={"response_format": CONSTRAINED_FORMAT},
+        )
+        print(f"  c={conc:<3d} {res.tokens_per_s:8.1f} tok/s constrained  "
+              f"{len(res.requests)} requests, {res.errors} errors", flush=True)
+        results.append(res)
+    return results
+
+
+def compare_constrained(plain: list[LoadResult],
+                        constrained: list[LoadResult]) -> list[dict[str, Any]]:
+    """Per-request decode rate (TTFT excluded) with and without the grammar."""
+    rows = []
+    by_conc = {r.concurrency: r for r in plain}
+    for res in constrained:
+        base = by_conc.get(res.concurrency)
+        if base is None:
+            continue
+        a, b = _decode_rate(base), _decode_rate(res)
+        rows.append({"concurrency": res.concurrency, "plain_decode_tok_s": a,
+                     "constrained_decode_tok_s": b,
+                     "ratio": round(b / a, 3) if a and b else None,
+                     "constrained_errors": res.errors})
+    return rows
+
+
+def _decode_rate(res: LoadResult) -> float | None:
+    """Median over requests of each stream's own decode tokens/s."""
+    rates = sorted(r for r in (q.decode_tokens_per_s for q in res.ok_requests) if r)
+    return round(rates[len(rates) // 2], 2) if rates else None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{1000 * value:.0f}"
+
+
+def compare(
+    runs: list[LoadResult], ceiling: CeilingResult | None, batch_cap: int | None
+) -> list[dict[str, Any]]:
+    """One row per concurrency: server rate, ceiling at that batch and the best, ratios."""
+    best = ceiling.best_decode if ceiling else None
+    rows = []
+    for r in runs:
+        batch = min(r.concurrency, batch_cap) if batch_cap else r.concurrency
+        same = ceiling.decode_at(batch) if ceiling else None
+        steady = next((f.steady_tokens_per_s for f in ceiling.decode if f.batch == batch),
+                      None) if ceiling else None
+        rows.append({
+            "concurrency": r.concurrency,
+            "server_tokens_per_s": round(r.tokens_per_s, 1),
+            "ceiling_batch": batch,
+            "ceiling_tokens_per_s": same,
+            "ratio": round(r.tokens_per_s / same, 3) if same else None,
+            "ceiling_steady_tokens_per_s": steady,
+            "best_ceiling_batch": best.batch if best else None,
+            "best_ceiling_tokens_per_s": best.tokens_per_s if best else None,
+            "ratio_to_best": round(r.tokens_per_s / best.tokens_per_s, 3) if best else None,
+            "ttft_p50_s": r.ttft(50), "ttft_p90_s": r.ttft(90),
+            "itl_p50_s": r.itl(50), "itl_p90_s": r.itl(90),
+            "requests": len(r.requests), "errors": r.errors, "error_sample": r.error_sample,
+            "short_requests": r.short_requests,
+        })
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    """The `make bench` table (latencies in ms)."""
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    head = (f"{'conc':>4} {'server tok/s':>12} {'ceiling (B)':>13} {'ratio':>6} "
+            f"{'best (B)':>12} {'ratio':>6} {'ttft p50/p90 ms':>16} {'itl p50/p90 ms':>15} "
+            f"{'reqs':>5} {'err':>4}")
+    lines = [head]
+    for row in rows:
+        ceil = (f"{row['ceiling_tokens_per_s']:.1f} ({row['ceiling_batch']})"
+                if row["ceiling_tokens_per_s"] else "-")
+        best = (f"{row['best_ceiling_tokens_per_s']:.1f} ({row['best_ceiling_batch']})"
+                if row["best_ceiling_tokens_per_s"] else "-")
+        lines.append(
+            f"{row['concurrency']:>4} {row['server_tokens_per_s']:>12.1f} {ceil:>13} "
+            f"{num(row['ratio'], '.2f'):>6} {best:>12} {num(row['ratio_to_best'], '.2f'):>6} "
+            f"{_ms(row['ttft_p50_s']) + '/' + _ms(row['ttft_p90_s']):>16} "
+            f"{_ms(row['itl_p50_s']) + '/' + _ms(row['itl_p90_s']):>15} "
+            f"{row['requests']:>5} {row['errors']:>4}"
+        )
+    for row in rows:
+        if row["errors"]:
+            lines.append(f"c={row['concurrency']}: e.g. {row['error_sample']}")
+        if row["short_requests"]:
+            lines.append(f"c={row['concurrency']}: {row['short_requests']} requests stopped "
+                         "before max_tokens (end-of-turn not banned?)")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
+                                if __doc__ else None)
+    p.add_argument("--json", dest="json_path", help="write every figure as JSON to this path")
+    p.add_argument("--skip-ceiling", action="store_true", help="no in-process engine ceiling")
+    p.add_argument("--skip-server", action="store_true", help="no server load test")
+    p.add_argument("--url", help="measure this already running server instead of starting one")
+    p.add_argument("--model", type=Path, default=None,
+                   help="GGUF path for the ceiling and the server (default: bundled SmolLM2)")
+    p.add_argument("--model-name", default=None,
+                   help="model id to send (default: the server's first /v1/models id)")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--concurrency", type=parse_int_list, default=list(DEFAULT_CONCURRENCY))
+    p.add_argument("--requests-per-client", type=int, default=None,
+                   help="default: max(2, 8 // concurrency)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--ban-token-ids", type=parse_int_list, default=None,
+                   help="logit_bias -100 ids (default: the model's end-of-generation and "
+                        "control tokens, read from its vocabulary)")
+    p.add_argument("--max-sequences", type=int, default=16, help="passed to chatd serve")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for ceiling and server (default: physical cores)")
+    p.add_argument("--serve-arg", action="append", default=[],
+                   help="extra `chatd serve` arguments, e.g. --serve-arg='--prefill-chunk 128'")
+    p.add_argument("--startup-timeout", type=float, default=120.0)
+    p.add_argument("--ceiling-steps", type=int, default=None,
+                   help="timed decode steps (default: --max-tokens, the server's workload)")
+    p.add_argument("--ceiling-prompt-tokens", type=int, default=64,
+                   help="prompt per sequence (the bench prompt is ~61 tokens with the "
+                        "SmolLM2 chat template)")
+    p.add_argument("--ceiling-reps", type=int, default=3)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    doc: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "processor": platform.processor()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    doc["machine"]["loadavg_1m_at_start"] = round(load, 2)
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: the machine is busy (1-minute load average {load:.1f} on "
+              f"{os.cpu_count()} CPUs); every figure below will be low and noisy", flush=True)
+    ceiling: CeilingResult | None = None
+    if not args.skip_ceiling:
+        batch_sizes = sorted(set(DEFAULT_BATCH_SIZES) | set(args.concurrency))
+        if not args.skip_server and not args.url:
+            batch_sizes = sorted({min(b, args.max_sequences) for b in batch_sizes})
+        print(f"engine ceiling, batch sizes {batch_sizes} ...", flush=True)
+        ceiling = measure_ceiling(args.model, batch_sizes,
+                                  prompt_tokens=args.ceiling_prompt_tokens,
+                                  steps=args.ceiling_steps or args.max_tokens,
+                                  reps=args.ceiling_reps, n_threads=args.threads or None,
+                                  progress=True)
+        print(format_ceiling(ceiling), flush=True)
+        doc["ceiling"] = ceiling.to_dict()
+
+    rc = 0
+    if not args.skip_server:
+        ban = args.ban_token_ids
+        if ban is None:
+            ban = special_token_ids(args.model)
+        doc["ban_token_ids"] = ban
+        batch_cap = None if args.url else args.max_sequences
+        try:
+            if args.url:
+                print(f"load on {args.url} ...", flush=True)
+                runs = asyncio.run(_drive(args.url, args, ban))
+            else:
+                with chatd_server(args) as base:
+                    print("closed-loop load ...", flush=True)
+                    runs = asyncio.run(_drive(base, args, ban))
+                    print("constrained (json_schema) load ...", flush=True)
+                    constrained = asyncio.run(_drive_constrained(base, args, ban))
+        except (RuntimeError, httpx.HTTPError, OSError) as exc:
+            print(f"server benchmark failed: {exc}", file=sys.stderr)
+            doc["server_error"] = str(exc)
+            runs, rc = [], 2
+        rows = compare(runs, ceiling, batch_cap)
+        doc["server"] = [r.summary() for r in runs]
+        if not args.url and rc == 0:
+            crows = compare_constrained(runs, constrained)
+            doc["constrained"] = crows
+            print("\nconstrained decoding cost (median per-stream decode tok/s; "
+                  "ratio = constrained / plain, target >= 0.90)")
+            for row in crows:
+                print(f"  c={row['concurrency']:<3d} plain {row['plain_decode_tok_s']}  "
+                      f"constrained {row['constrained_decode_tok_s']}  ratio {row['ratio']}")
+        doc["comparison"] = rows
+        if rows:
+            print()
+            print(f"server vs engine ceiling ({args.max_tokens} tokens per request, "
+                  "summed tok/s; ratio = server / ceiling)")
+            print(format_comparison(rows))
+        if rc == 0 and any(r["errors"] for r in rows):
+            rc = 1
+    if hasattr(os, "getloadavg"):
+        doc["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    doc["seconds"] = round(time.monotonic() - started, 1)
+    print(f"\nbenchmark took {doc['seconds']:.0f}s")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json_path}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
