@@ -25,6 +25,7 @@ class Settings:
     batch_tokens: int = 512            # tokens per llama_decode
     prefill_chunk: int = 64            # prompt tokens per step while others decode
     threads: int = 0                   # 0 = one per available core
+    kv_cache: str = "q8_0"             # "q8_0": batch-invariant; "f16": faster prompts
     max_n: int = 8                     # largest `n` one request may ask for
     max_body_bytes: int = 4 * 1024 * 1024
     api_keys: tuple[str, ...] = field(default=(), repr=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chatd.engine.sampling import Sampler, _nucleus, log_softmax_at, top_ids
+from chatd.engine.sampling import Sampler, _draw, _nucleus, log_softmax_at, top_ids
 from chatd.engine.types import SamplingParams
 
 V = 1000
@@ -140,3 +140,16 @@ def test_overflowed_row_still_yields_a_finite_token(greedy: bool) -> None:
     assert 0 <= token < 5
     row[4] = np.nan
     assert 0 <= sampler.sample(row) < 5
+
+
+@pytest.mark.parametrize("n", [10, 1000, 49152, 50000])
+def test_blockwise_draw_is_the_inverse_cdf(n: int) -> None:
+    rng = np.random.default_rng(n)
+    w = rng.random(n).astype(np.float32)
+    w[rng.random(n) < 0.3] = 0.0
+    cdf = np.cumsum(w, dtype=np.float64)
+    for u in [*rng.random(100), 0.0, 1.0 - 1e-12]:
+        got = _draw(w, float(u))
+        assert w[got] > 0
+        ref = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), n - 1)
+        assert got == ref or abs(cdf[got] - cdf[ref]) <= 1e-6 * cdf[-1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.tokens_generated = 0
+        self._decode_step_s: float | None = None
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -188,12 +190,14 @@ class Engine:
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            started = time.perf_counter()
             try:
                 self.model.decode(plan.tokens, plan.positions, plan.seq_ids, plan.logits)
             except DecodeError as exc:
                 log.error("decode failed (%s); failing the batch's requests", exc)
                 self._fail_plan(plan, str(exc))
                 continue
+            self._pace_prefill(plan, time.perf_counter() - started)
             self.steps += 1
             sched.commit(plan)
             self._sample(plan)
@@ -205,6 +209,26 @@ class Engine:
         while sched.waiting or self._inbox:
             group = sched.waiting.popleft() if sched.waiting else self._inbox.popleft()
             self._finish_group(group, "abort")
+
+    def _pace_prefill(self, plan: StepPlan, seconds: float) -> None:
+        """Keep steps that carry prompt chunks within ~2x a decode-only step.
+
+        A prompt row attends to every earlier prompt token, so 64 rows at position
+        2,000 cost ~20x more than at position 100; a fixed chunk would freeze the
+        other streams exactly when prompts are long.
+        """
+        if not plan.decode_rows:
+            return
+        sched = self.scheduler
+        if not plan.prefill_tokens:
+            self._decode_step_s = (seconds if self._decode_step_s is None
+                                   else 0.8 * self._decode_step_s + 0.2 * seconds)
+        elif self._decode_step_s is not None:
+            if seconds > 2.0 * self._decode_step_s:
+                sched.prefill_budget = max(1, sched.prefill_budget // 2)
+            elif seconds < 1.5 * self._decode_step_s:
+                sched.prefill_budget = min(self.config.prefill_chunk,
+                                           sched.prefill_budget * 2)
 
     def _sample(self, plan: StepPlan) -> None:
         model = self.model

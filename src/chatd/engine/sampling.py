@@ -110,27 +110,63 @@ class Sampler:
         scaled = x / np.float32(p.temperature) if p.temperature != 1.0 else x
         if 0 < p.top_k < self.n_vocab:
             cand = top_ids(scaled, p.top_k)
-            logits = scaled[cand].astype(np.float64)
+            logits = scaled[cand]
         else:
             cand = None
-            logits = scaled.astype(np.float64)
+            logits = scaled
         peak = logits.max()
         if not np.isfinite(peak):
             # Extreme penalties or biases overflowed the row: fall back to its best
             # finite token instead of sampling from NaNs.
             return _best_finite(x)
+        # float32 exp over the row (vectorised, ~6x cheaper than float64); the sums
+        # that decide the draw are accumulated in float64.
         probs = np.exp(logits - peak)
-        probs /= probs.sum()
+        probs /= probs.sum(dtype=np.float64)
         if p.top_p < 1.0:
             cand, probs = _nucleus(cand, probs, p.top_p)
         if p.min_p > 0.0:
             keep = probs >= p.min_p * probs.max()
             cand = (cand if cand is not None else np.arange(probs.shape[0]))[keep]
             probs = probs[keep]
-        cdf = np.cumsum(probs)
-        i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-        i = min(i, cdf.shape[0] - 1)
+        i = _draw(probs, u)
         return int(cand[i]) if cand is not None else i
+
+
+_BLOCK = 256
+
+
+def _draw(weights: np.ndarray, u: float) -> int:
+    """Inverse CDF at u of unnormalised weights, without a cumsum over the vocabulary.
+
+    A float64 cumsum of 49k values is sequential (~0.7 ms here); block sums are
+    vectorised, so the cumsum runs over ~200 block totals and one 256-wide block.
+    A zero weight is never drawn (the first index whose running sum exceeds the
+    target always adds a positive weight).
+    """
+    n = weights.shape[0]
+    if n <= 4 * _BLOCK:
+        cdf = np.cumsum(weights, dtype=np.float64)
+        return _first_above(cdf, u * cdf[-1], weights)
+    n_blocks = -(-n // _BLOCK)
+    padded = weights if n == n_blocks * _BLOCK else np.pad(weights, (0, n_blocks * _BLOCK - n))
+    sums = np.cumsum(padded.reshape(n_blocks, _BLOCK).sum(axis=1, dtype=np.float64))
+    target = u * sums[-1]
+    b = _first_above(sums, target, None)
+    block = padded[b * _BLOCK:(b + 1) * _BLOCK]
+    inner = np.cumsum(block, dtype=np.float64)
+    j = _first_above(inner, target - (sums[b - 1] if b else 0.0), block)
+    return min(b * _BLOCK + j, n - 1)
+
+
+def _first_above(cdf: np.ndarray, target: float, weights: np.ndarray | None) -> int:
+    i = int(np.searchsorted(cdf, target, side="right"))
+    if i < cdf.shape[0]:
+        return i
+    # Rounding put the target at or past the end: take the last positive weight.
+    if weights is None:
+        return int(np.flatnonzero(np.diff(cdf, prepend=0.0) > 0)[-1])
+    return int(np.flatnonzero(weights > 0)[-1])
 
 
 def _best_finite(x: np.ndarray) -> int:

@@ -65,6 +65,8 @@ class StepPlan:
     logits: list[bool] = field(default_factory=list)
     samplers: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, batch row)
     advanced: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, n tokens)
+    decode_rows: int = 0     # sequences contributing their next token
+    prefill_tokens: int = 0  # prompt tokens riding along
 
     def add(self, seq: Sequence, count: int, *, sample: bool) -> None:
         start = seq.n_cached
@@ -103,6 +105,10 @@ class Scheduler:
         self.max_running = max_running
         self.batch_tokens = batch_tokens
         self.prefill_chunk = prefill_chunk
+        # Prompt tokens allowed per step while others decode; the engine shrinks it when
+        # mixed steps get slow (prompt rows at long positions cost far more) and lets
+        # it grow back. Any chunking gives the same logits, so this is pure policy.
+        self.prefill_budget = prefill_chunk
         self.waiting: deque[Group] = deque()
         self.running: list[Sequence] = []
         self.prefix_hit_tokens = 0
@@ -226,9 +232,10 @@ class Scheduler:
         decoding = [s for s in self.running if s.status is Status.DECODE]
         for seq in decoding:
             plan.add(seq, 1, sample=True)
+        plan.decode_rows = len(decoding)
         budget = self.batch_tokens - len(plan)
         if decoding:
-            budget = min(budget, self.prefill_chunk)
+            budget = min(budget, self.prefill_budget)
         for seq in self.running:
             if budget <= 0:
                 break
@@ -236,6 +243,7 @@ class Scheduler:
                 continue
             count = min(seq.pending, budget)
             plan.add(seq, count, sample=count == seq.pending)
+            plan.prefill_tokens += count
             budget -= count
         return plan
 
