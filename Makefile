@@ -34,6 +34,7 @@ lint: install-test
 
 bench: install-test
 	$(PY) -m benchmarks.run $(ARGS)
+	$(PY) -m benchmarks.scenarios
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
