@@ -168,3 +168,18 @@ def test_different_seeds_differ(client: openai.OpenAI, model_id: str,
         texts.add(client.chat.completions.create(
             **_seeded(model_id, SEED_PROMPT, seed)).choices[0].message.content)
     assert len(texts) > 1, texts
+
+
+def test_seed_reproducible_across_a_prefix_cache_hit(client: openai.OpenAI,
+                                                     model_id: str) -> None:
+    """The second run reuses the first one's prompt cells instead of recomputing them."""
+    import uuid
+
+    prompt = f"Note {uuid.uuid4().hex}: describe a quiet harbour at dawn in detail."
+    first = client.chat.completions.create(**_seeded(model_id, prompt, 77))
+    again = client.chat.completions.create(**_seeded(model_id, prompt, 77))
+    # The first run can only share the chat template's opening with earlier requests;
+    # the second reuses all of its prompt but the last token (which yields the logits).
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens - 10
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    assert again.choices[0].message.content == first.choices[0].message.content
