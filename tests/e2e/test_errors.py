@@ -167,3 +167,12 @@ def test_tool_without_name_rejected(http: httpx.Client, model_id: str) -> None:
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]))
     err = assert_error(r, 400)
     assert "tools" in (err["param"] or "") + err["message"]
+
+
+def test_choices_that_cannot_fit_the_kv_cache_are_400(http: httpx.Client,
+                                                       model_id: str) -> None:
+    """Admitting them would block the FIFO queue forever; the message says what fits."""
+    r = http.post(URL, json=_body(model_id, n=8, max_tokens=8000))
+    err = assert_error(r, 400, param="max_tokens")
+    assert "Lower n or max_tokens" in err["message"]
+    assert_server_ok(http, model_id)

@@ -82,6 +82,24 @@ class ChatService:
                 f"your messages resulted in {len(prompt)} tokens{asked}. Please reduce the "
                 f"length of the messages or the completion.",
                 param="messages", code="context_length_exceeded")
+        # The KV pool must hold the prompt plus every choice's worst case at once, or
+        # the request could never be admitted: a default max_tokens shrinks to fit,
+        # an explicit one that cannot fit is the client's to change.
+        pool = self.engine.model.kv_cells
+        share = (pool - len(prompt)) // n
+        if limit is None:
+            room = min(room, share)
+        elif limit > share:
+            raise ChatRequestError(
+                f"n={n} choices of max_tokens={limit} after a {len(prompt)}-token prompt "
+                f"need {len(prompt) + n * limit} KV cache cells; this server holds {pool}. "
+                f"Lower n or max_tokens (at most {max(share, 0)} for n={n}).",
+                param="max_tokens")
+        if room <= 0:
+            raise ChatRequestError(
+                f"This prompt of {len(prompt)} tokens leaves no room for {n} choices in the "
+                f"server's KV cache of {pool} cells. Lower n or shorten the messages.",
+                param="n")
         params = SamplingParams(
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,

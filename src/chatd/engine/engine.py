@@ -138,6 +138,8 @@ class Engine:
             raise ValueError("prompt plus max_new_tokens exceeds the context size")
         if request.n > self.config.max_running:
             raise ValueError(f"n={request.n} exceeds max running sequences")
+        if len(prompt) + request.n * request.params.max_new_tokens > self.model.kv_cells:
+            raise ValueError("the prompt plus n x max_new_tokens exceeds the KV cache")
         loop = asyncio.get_running_loop()
         group = Group(request=request, loop=loop, queue=asyncio.Queue())
         banned = () if not request.params.ignore_eos else self.model.eog_ids

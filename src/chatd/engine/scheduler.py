@@ -173,7 +173,7 @@ class Scheduler:
             best_slot, best_len = None, 0
             need = len(prompt) + n * max_new
             if need > self.kv_cells:
-                return False  # cannot happen: the engine checks ctx_size <= kv_cells
+                return False  # cannot happen: Engine.generate rejects what the pool cannot hold
         # The leader reuses the best idle entry in place when it is idle.
         leader_slot = best_slot if best_slot is not None and best_slot.owner is None else None
         chosen = [leader_slot] if leader_slot else []
