@@ -13,7 +13,6 @@ Run it on its own with `python -m benchmarks.ceiling`; `benchmarks.run` calls
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from chatd.engine.llama import KV_CACHE_TYPE
+from chatd.engine.llama import KV_CACHE_TYPE, init_backend
 from chatd.models.registry import bundled_model_path
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16)
@@ -37,26 +36,6 @@ _PROMPT_TEXT = (
 )
 
 
-@lc.llama_log_callback
-def _silent_log(_level: int, _text: bytes, _user: ctypes.c_void_p) -> None:
-    """Swallow llama.cpp/ggml log lines: they would bury the benchmark table."""
-
-
-# The ctypes callback object must outlive every llama.cpp call that may log, so it is
-# kept at module level (and referenced again here) to stay safe from garbage collection.
-_LOG_CALLBACK_REF = _silent_log
-_backend_ready = False
-
-
-def _init_backend() -> None:
-    """Silence the log and init the backend once per process."""
-    global _backend_ready
-    if not _backend_ready:
-        lc.llama_log_set(_LOG_CALLBACK_REF, ctypes.c_void_p(0))
-        lc.llama_backend_init()
-        _backend_ready = True
-
-
 def special_token_ids(model_path: str | Path | None = None) -> list[int]:
     """End-of-generation and control token ids of a model (vocabulary only, no weights).
 
@@ -64,7 +43,7 @@ def special_token_ids(model_path: str | Path | None = None) -> list[int]:
     For SmolLM2 that is 0..16: llama.cpp treats 0 `<|endoftext|>`, 2 `<|im_end|>` and
     also 4 `<reponame>` as end-of-generation, and 1 `<|im_start|>` would open a turn.
     """
-    _init_backend()
+    init_backend()
     path = Path(model_path) if model_path else bundled_model_path()
     mparams = lc.llama_model_default_params()
     mparams.vocab_only = True
@@ -157,7 +136,7 @@ class _Bench:
 
     def __init__(self, path: Path, n_ctx: int, n_batch: int, n_seq_max: int, threads: int,
                  kv_unified: bool = True, kv_type: int = KV_CACHE_TYPE):
-        _init_backend()
+        init_backend()
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = -1 if lc.llama_supports_gpu_offload() else 0
         self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)

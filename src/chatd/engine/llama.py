@@ -40,7 +40,8 @@ def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
 _backend_ready = False
 
 
-def _init_backend() -> None:
+def init_backend() -> None:
+    """Route llama.cpp's log through Python logging and init the backend, once."""
     global _backend_ready
     if not _backend_ready:
         lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
@@ -91,7 +92,7 @@ class LlamaModel:
     """A loaded GGUF model with one context whose KV cache all sequences share."""
 
     def __init__(self, path: Path, settings: LlamaSettings) -> None:
-        _init_backend()
+        init_backend()
         self.settings = settings
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = -1 if lc.llama_supports_gpu_offload() else 0
