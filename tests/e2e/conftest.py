@@ -107,7 +107,7 @@ _start_failures: dict[tuple[str, ...], str] = {}
 
 
 @contextlib.contextmanager
-def _running_server(extra_args: list[str]) -> Iterator[ServerProcess]:
+def running_server(extra_args: list[str]) -> Iterator[ServerProcess]:
     key = tuple(extra_args)
     if key in _start_failures:
         pytest.fail(f"(not retried) {_start_failures[key]}", pytrace=False)
@@ -128,7 +128,7 @@ def _running_server(extra_args: list[str]) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def chatd_server() -> Iterator[ServerProcess]:
     """The main server: defaults (bundled model, 8 sequences, context 8192)."""
-    with _running_server([]) as server:
+    with running_server([]) as server:
         yield server
 
 
@@ -143,7 +143,7 @@ def auth_server_url() -> Iterator[str]:
 
     Session-scoped, so it is started only when an auth test first asks for it.
     """
-    with _running_server(["--api-key", AUTH_KEY, "--ctx-size", "2048"]) as server:
+    with running_server(["--api-key", AUTH_KEY, "--ctx-size", "2048"]) as server:
         yield server.url
 
 

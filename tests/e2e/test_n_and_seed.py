@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
-from .conftest import check_stream_chunks, parse_sse_body, raw_stream_texts, sse_request
+from .conftest import (
+    check_stream_chunks,
+    parse_sse_body,
+    raw_stream_texts,
+    running_server,
+    sse_request,
+)
 
 LONG_PROMPT = "Write a long story about a dragon."
 
@@ -183,3 +190,45 @@ def test_seed_reproducible_across_a_prefix_cache_hit(client: openai.OpenAI,
     assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens - 10
     assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
     assert again.choices[0].message.content == first.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def fresh_server_url() -> Iterator[str]:
+    """A server of its own: whether an idle moment can free cells depends on what
+    earlier requests left in the cache, so this test starts from an empty one."""
+    with running_server(["--ctx-size", "2048"]) as server:
+        yield server.url
+
+
+def test_seed_reproducible_across_idle_kv_compaction(fresh_server_url: str,
+                                                     model_id: str) -> None:
+    """Turn 2 of a chat, asked again after a burst of other requests: each time the
+    engine is idle it frees the cells earlier turns left behind (cutting back other
+    idle cache entries), and the next request's cells land in the freed range."""
+    import uuid
+
+    client = openai.OpenAI(base_url=fresh_server_url + "/v1", api_key="x")
+    http = httpx.Client(base_url=fresh_server_url)
+
+    def turn2(reply: str) -> dict:
+        return {"model": model_id, "temperature": 1.0, "seed": 5, "max_tokens": 30,
+                "messages": [{"role": "user", "content": f"Case {tag}: name a lighthouse."},
+                             {"role": "assistant", "content": reply},
+                             {"role": "user", "content": "Describe its keeper."}]}
+
+    tag = uuid.uuid4().hex
+    first = client.chat.completions.create(**_seeded(
+        model_id, f"Case {tag}: name a lighthouse.", 5)).choices[0].message.content
+    texts = [client.chat.completions.create(**turn2(first)).choices[0].message.content]
+
+    async def burst() -> None:
+        async with openai.AsyncOpenAI(base_url=fresh_server_url + "/v1",
+                                      api_key="x") as aclient:
+            await asyncio.gather(*(aclient.chat.completions.create(
+                **_seeded(model_id, f"Unrelated {tag} {i}: a word.", i)) for i in range(4)))
+
+    asyncio.run(burst())
+    texts.append(client.chat.completions.create(**turn2(first)).choices[0].message.content)
+    texts.append(client.chat.completions.create(**turn2(first)).choices[0].message.content)
+    assert http.get("/health").json()["kv_compactions"] > 0, "no compaction happened"
+    assert texts[0] and texts.count(texts[0]) == 3, texts

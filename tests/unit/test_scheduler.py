@@ -204,3 +204,70 @@ def test_epoch_ends_only_when_nothing_runs() -> None:
     assert sched.admit() == [b]
     assert ("clear",) in kv.ops and sched.allocated == 0 and sched.epochs == 1
     assert all(not s.tokens for s in sched.slots if s.owner is None)
+
+
+def _finish(sched: Scheduler, group: Group, tokens: list[int]) -> None:
+    """Prefill, decode `tokens`, then release: the slot stays as a prefix cache entry."""
+    run_prefill(sched, tokens[0])
+    for token in tokens[1:]:
+        sched.commit(sched.plan())
+        group.seqs[0].tokens.append(token)
+    sched.commit(sched.plan())
+    sched.release(group.seqs[0])
+
+
+def test_idle_follow_up_frees_the_trash_above_the_live_cells() -> None:
+    """One client's next turn detaches its old tail above its shared prefix; with
+    nothing running, those cells are freed and allocation resumes right there."""
+    sched, kv = make_scheduler()
+    a = make_group([1, 2, 3, 4, 5, 6])
+    sched.add(a)
+    sched.admit()
+    _finish(sched, a, [70, 71, 72])
+    assert sched.allocated == 9
+    b = make_group([1, 2, 3, 4, 5, 6, 70, 80])  # turn 2: shares 7 tokens
+    sched.add(b)
+    assert sched.admit() == [b]
+    assert kv.ops[-1] == ("rm", sched.trash, 0, -1)
+    assert sched.allocated == 7 and sched.compactions == 1
+    run_prefill(sched)
+    assert sched.slots[b.seqs[0].slot].cells == list(range(8))
+
+
+def test_trash_below_a_live_cell_is_kept() -> None:
+    """Freeing it would let a new sequence's cells land below the prefix it reads."""
+    sched, kv = make_scheduler()
+    a = make_group([1, 2, 3, 4, 5, 6])
+    sched.add(a)
+    sched.admit()
+    _finish(sched, a, [70, 71])
+    c = make_group([30, 31, 32])  # another client's entry, above a's cells
+    sched.add(c)
+    sched.admit()
+    _finish(sched, c, [90])
+    b = make_group([1, 2, 3, 4, 5, 6, 70, 80])
+    sched.add(b)
+    assert sched.admit() == [b]
+    assert ("rm", sched.trash, 0, -1) not in kv.ops
+    assert sched.compactions == 0 and sched.allocated == 12
+    run_prefill(sched)
+    assert sched.slots[b.seqs[0].slot].cells == [*range(7), 12]
+
+
+def test_idle_entries_above_mostly_garbage_are_cut_back() -> None:
+    sched, kv = make_scheduler()
+    a = make_group([1, 2, 3, 4, 5, 6], max_new=30)
+    sched.add(a)
+    sched.admit()
+    _finish(sched, a, list(range(70, 90)))  # cells 0..25
+    c = make_group([30, 31, 32])
+    sched.add(c)
+    sched.admit()
+    _finish(sched, c, [90])  # cells 26..29: the only live cells above a's tail
+    b = make_group([1, 2, 3, 4, 5, 6, 70, 80])
+    sched.add(b)
+    assert sched.admit() == [b]
+    assert sched.compactions == 1 and sched.allocated == 7
+    assert kv.ops[-1] == ("rm", sched.trash, 0, -1)
+    assert not any(slot.tokens[:3] == [30, 31, 32] for slot in sched.slots), "c's entry is cut"
+    assert all(cell < 7 for slot in sched.slots for cell in slot.cells)

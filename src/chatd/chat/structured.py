@@ -37,8 +37,34 @@ class OutputSpec:
     json_mode: bool
 
 
+# llguidance's `date` format accepts any day 01-31 in any month (2023-02-29, 2023-04-31),
+# which a validator rejects. This pattern admits exactly the real calendar dates of
+# years 0001-9999 (leap years included), as `datetime.date.fromisoformat` does.
+_YEAR = r"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DATE_PATTERN = (
+    rf"^(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    rf"|{_LEAP_YEAR}-02-29)$"
+)
+
+
+def _exact_formats(node: Any) -> Any:
+    """The schema with `format: date` replaced by the exact calendar pattern."""
+    if isinstance(node, list):
+        return [_exact_formats(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _exact_formats(value) for key, value in node.items()}
+    if out.get("format") == "date" and "pattern" not in out:
+        del out["format"]
+        out["pattern"] = _DATE_PATTERN
+    return out
+
+
 def _styled(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "x-guidance": {**_JSON_STYLE, **schema.get("x-guidance", {})}}
+    return {**_exact_formats(schema), "x-guidance": {**_JSON_STYLE,
+                                                     **schema.get("x-guidance", {})}}
 
 
 def _lark_json(schema: dict[str, Any]) -> str:

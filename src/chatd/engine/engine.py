@@ -167,6 +167,7 @@ class Engine:
             "kv_cells_cached": cached,
             "kv_cells_allocated": self.scheduler.allocated,
             "kv_epochs": self.scheduler.epochs,
+            "kv_compactions": self.scheduler.compactions,
             "prefix_cache_hit_tokens": self.scheduler.prefix_hit_tokens,
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,

@@ -120,10 +120,11 @@ class Sampler:
             # finite token instead of sampling from NaNs.
             return _best_finite(x)
         # float32 exp over the row (vectorised, ~6x cheaper than float64); the sums
-        # that decide the draw are accumulated in float64.
+        # that decide the draw are accumulated in float64. Only the nucleus and min_p
+        # need the weights normalised; the draw itself takes them as they are.
         probs = np.exp(logits - peak)
-        probs /= probs.sum(dtype=np.float64)
         if p.top_p < 1.0:
+            probs /= probs.sum(dtype=np.float64)
             cand, probs = _nucleus(cand, probs, p.top_p)
         if p.min_p > 0.0:
             keep = probs >= p.min_p * probs.max()
