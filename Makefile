@@ -34,6 +34,7 @@ lint: install-test
 
 bench: install-test
 	$(PY) -m benchmarks.run $(ARGS)
+	$(PY) -m benchmarks.constrained
 	$(PY) -m benchmarks.scenarios
 
 clean:
