@@ -1,0 +1,23 @@
+"""Model load parameters: llama.cpp's AMX weight buffers are kept off where they crash."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatd.engine import llama
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_extra_buffer_types_are_off_exactly_on_amx_cpus(monkeypatch: pytest.MonkeyPatch,
+                                                        amx: bool) -> None:
+    monkeypatch.setattr(llama, "cpu_has_amx", lambda: amx)
+    assert llama.model_params().use_extra_bufts is (not amx)
+
+
+def test_cpu_has_amx_reads_the_flags_line() -> None:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    assert llama.cpu_has_amx() is ("amx_int8" in flags)
