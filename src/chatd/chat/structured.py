@@ -67,6 +67,11 @@ def _styled(schema: dict[str, Any]) -> dict[str, Any]:
                                                      **schema.get("x-guidance", {})}}
 
 
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """The llguidance grammar that holds output to `schema`, in chatd's JSON style."""
+    return llg.LLMatcher.grammar_from_json_schema(_styled(schema))
+
+
 def _lark_json(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps(_styled(schema))
 
@@ -118,7 +123,7 @@ def build_output_spec(req: Any) -> OutputSpec:
         if choice not in (None, "none"):
             raise ChatRequestError("tool_choice was set but no tools were given.",
                                    param="tool_choice")
-        grammar = llg.LLMatcher.grammar_from_json_schema(_styled(schema)) if schema else None
+        grammar = schema_grammar(schema) if schema else None
         return OutputSpec(grammar, tools_active=False, json_mode=schema is not None)
 
     names = [t.function.name for t in tools]
@@ -175,7 +180,7 @@ def explain_grammar_error(req: Any, message: str) -> ChatRequestError:
             params = tool.function.parameters
             if params is None:
                 continue
-            grammar = llg.LLMatcher.grammar_from_json_schema(_styled(params))
+            grammar = schema_grammar(params)
             if llg.LLMatcher.validate_grammar_with_warnings(grammar)[1]:
                 param = f"tools[{i}].function.parameters"
                 break
