@@ -53,7 +53,7 @@ async def _run(engine: Engine, prompt: list[int], grammar: str | None, conc: int
 def measure(concurrency: tuple[int, ...] = (1, 8), rounds: int = 4, max_tokens: int = 128,
             threads: int = 0) -> list[dict[str, Any]]:
     model = LlamaModel(bundled_model_path(), LlamaSettings(
-        kv_cells=4096, n_seq_max=2 * max(concurrency) + 1, n_threads=threads))
+        kv_cells=4096, n_seq_max=2 * max(concurrency) + 2, n_threads=threads))
     grammar = schema_grammar(SCHEMA)
     prompt = model.tokenize(PROMPT, add_special=False)
     ban = special_token_ids()

@@ -72,14 +72,14 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.max_sequences < 1:
         raise ConfigError("--max-sequences must be at least 1")
     max_slots = llama_cpp.llama_max_parallel_sequences()
-    # One llama.cpp sequence id is the scheduler's trash (see engine/scheduler.py).
-    n_slots = min(max_slots - 1, max(2 * settings.max_sequences, settings.max_sequences + 4))
+    # Two llama.cpp sequence ids are the scheduler's trash and scratch (engine/scheduler.py).
+    n_slots = min(max_slots - 2, max(2 * settings.max_sequences, settings.max_sequences + 4))
     if settings.max_sequences > n_slots:
         raise ConfigError(f"--max-sequences is at most {max_slots} with this llama.cpp build")
     batch_tokens = max(settings.batch_tokens, settings.max_sequences)
 
     kv_type = KV_CACHE_TYPE if settings.kv_cache == "q8_0" else llama_cpp.GGML_TYPE_F16
-    model = LlamaModel(info.path, LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 1,
+    model = LlamaModel(info.path, LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 2,
                                                 type_k=kv_type, type_v=kv_type,
                                                 n_batch=batch_tokens, n_threads=settings.threads))
     engine = Engine(model, EngineConfig(

@@ -232,3 +232,35 @@ def test_seed_reproducible_across_idle_kv_compaction(fresh_server_url: str,
     texts.append(client.chat.completions.create(**turn2(first)).choices[0].message.content)
     assert http.get("/health").json()["kv_compactions"] > 0, "no compaction happened"
     assert texts[0] and texts.count(texts[0]) == 3, texts
+
+
+def test_seed_reproducible_across_kv_repacks(fresh_server_url: str, model_id: str) -> None:
+    """While short requests come and go beside a long one, the engine repacks the KV
+    cache (moves every live sequence's cells down to cell 0, byte for byte, in
+    order); the long seeded request still gives exactly its solo text."""
+    import uuid
+
+    tag = uuid.uuid4().hex
+    http = httpx.Client(base_url=fresh_server_url)
+    long = {"model": model_id, "temperature": 1.0, "seed": 9, "max_tokens": 120,
+            "logit_bias": {"2": -100, "0": -100},  # runs all 120 tokens
+            "messages": [{"role": "user", "content": f"Story {tag}: a long sea tale."}]}
+    client = openai.OpenAI(base_url=fresh_server_url + "/v1", api_key="x")
+    solo = client.chat.completions.create(**long).choices[0].message.content
+    before = http.get("/health").json()["kv_repacks"]
+
+    async def beside_churn() -> str | None:
+        async with openai.AsyncOpenAI(base_url=fresh_server_url + "/v1",
+                                      api_key="x") as aclient:
+            async def churn(i: int) -> None:
+                for j in range(4):
+                    await aclient.chat.completions.create(**_seeded(
+                        model_id, f"Churn {tag} {i} {j}: one word.", 10 * i + j))
+
+            results = await asyncio.gather(aclient.chat.completions.create(**long),
+                                           *(churn(i) for i in range(7)))
+            return results[0].choices[0].message.content
+
+    under_load = asyncio.run(beside_churn())
+    assert http.get("/health").json()["kv_repacks"] > before, "no repack happened"
+    assert under_load == solo

@@ -86,6 +86,9 @@ class GenerationStream:
 
 class Engine:
     def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+        if model.settings.n_seq_max < config.n_slots + 2:
+            raise ValueError("the llama.cpp context needs n_seq_max >= n_slots + 2 "
+                             "(the scheduler's trash and scratch sequence ids)")
         self.model = model
         self.config = config
         self.grammars = GrammarCompiler(model)
@@ -168,6 +171,7 @@ class Engine:
             "kv_cells_allocated": self.scheduler.allocated,
             "kv_epochs": self.scheduler.epochs,
             "kv_compactions": self.scheduler.compactions,
+            "kv_repacks": self.scheduler.repacks,
             "prefix_cache_hit_tokens": self.scheduler.prefix_hit_tokens,
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,
@@ -185,6 +189,7 @@ class Engine:
                 for group in [*sched.waiting, *{s.group for s in sched.running}]:
                     group.cancel_all = True
             self._reap_cancelled()
+            self._repack()
             for group in sched.admit():
                 if group.cancel_all:  # gave up while queued
                     self._finish_group(group, "abort")
@@ -212,6 +217,17 @@ class Engine:
         while sched.waiting or self._inbox:
             group = sched.waiting.popleft() if sched.waiting else self._inbox.popleft()
             self._finish_group(group, "abort")
+
+    def _repack(self) -> None:
+        try:
+            self.scheduler.maybe_repack()
+        except Exception:
+            # Only a llama.cpp state call failing gets here; the cache may be half
+            # rebuilt, so the running requests cannot go on.
+            log.exception("repacking the KV cache failed; failing the running requests")
+            for group in {seq.group for seq in self.scheduler.running}:
+                self._finish_group(group, "error", "internal error while repacking the KV cache")
+            self.scheduler.reset()
 
     def _pace_prefill(self, plan: StepPlan, seconds: float) -> None:
         """Keep steps that carry prompt chunks within ~2x a decode-only step.

@@ -231,7 +231,22 @@ class LlamaModel:
         return lc.llama_memory_seq_pos_max(self._mem, seq_id)
 
     def clear(self) -> None:
-        lc.llama_memory_clear(self._mem, True)
+        # Cell contents need no zeroing: attention skips every cell no sequence holds.
+        lc.llama_memory_clear(self._mem, False)
+
+    def seq_save(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
+        """A byte copy of one sequence's KV cells (positions and data, in cell order)."""
+        size = lc.llama_state_seq_get_size(self._ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(self._ctx, buf, size, seq_id) != size:
+            raise RuntimeError(f"could not save the KV cells of sequence {seq_id}")
+        return buf
+
+    def seq_restore(self, data: ctypes.Array[ctypes.c_uint8], seq_id: int) -> None:
+        """Put saved cells back under `seq_id`, in the same order, in the lowest free
+        cells from llama.cpp's allocation cursor; the bytes are unchanged."""
+        if lc.llama_state_seq_set_data(self._ctx, data, len(data), seq_id) != len(data):
+            raise RuntimeError(f"could not restore the KV cells of sequence {seq_id}")
 
     def close(self) -> None:
         if self._ctx:

@@ -4,26 +4,24 @@ Policy:
 - At most `max_running` sequences decode together (more only slows every stream
   on a CPU); later requests wait in FIFO order, and the head of the queue is never
   overtaken, so nobody starves.
-- KV cells are handed out in epochs, and no cell is freed inside one. Flash
-  attention visits a sequence's cells in cache order, so a sequence whose later
-  tokens landed in a hole below its earlier ones would get (slightly) different
-  logits than the same request run alone; llama.cpp fills the lowest freed hole
-  first. So cells a sequence no longer needs are detached to a `trash` sequence
-  id instead of removed: llama.cpp then keeps allocating upward and every
-  sequence's cells stay in position order. When the next request does not fit,
-  admission waits for the running sequences to finish and then clears the whole
-  cache (a new epoch). An epoch also ends after `epoch_cells` cells, because
-  attention scans every cell below the highest one in use (8,192 unused cells
-  below a lone sequence cost it ~40% of its decode speed). Whenever nothing runs,
-  the trash is freed from its lowest cell up (idle cache entries above that cell
-  are cut back to it when at least half the cells above are garbage): allocation
-  then resumes right above the live cells, still in order, and the prefix cache
-  mostly stays. One client's follow-up requests keep the span this way at the
-  size of one conversation.
-  Within an epoch cells are handed out in write order, so the scheduler knows each
-  token's cell. Admission reserves each
-  sequence's worst case (new prompt cells + max new tokens), so a running sequence
-  never meets a full cache.
+- KV cells are handed out in order and no cell is freed while anything runs.
+  Flash attention visits a sequence's cells in cache order, so a sequence whose
+  later tokens landed in a hole below its earlier ones would get (slightly)
+  different logits than the same request run alone; llama.cpp fills the lowest
+  freed hole first. So cells a sequence no longer needs are detached to a `trash`
+  sequence id instead of removed, and llama.cpp keeps allocating upward. Within
+  an epoch (the time since the cache was last empty) cells are handed out in
+  write order, so the scheduler knows each token's cell.
+- Attention scans every cell below the highest one in use, dead or alive, so
+  garbage is reclaimed two ways. Whenever nothing runs, the trash is freed from
+  its lowest cell up (idle cache entries above that cell are cut back to it when
+  at least half the cells above are garbage). While sequences run, a *repack*
+  (`maybe_repack`) saves every live sequence's cells, empties the cache and
+  restores them from cell 0, byte for byte and in order, once enough cells are
+  garbage or when that is what lets the next request in. Only if the live cells
+  alone fill the epoch does admission wait for running sequences to finish.
+  Admission reserves each sequence's worst case (new prompt cells + max new
+  tokens), so a running sequence never meets a full cache.
 - A finished sequence leaves its tokens in its slot as a prefix cache entry. A new
   request starts from the longest common prefix found in any slot, sharing those
   cells (llama.cpp's unified cache makes a copy a reference) instead of
@@ -39,7 +37,7 @@ import bisect
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,11 +45,17 @@ from chatd.engine.sequence import Group, Sequence, Status
 
 _clock = itertools.count()
 
+REPACK_CELLS = 256           # garbage cells that make a repack worth its ~1 ms
+IDLE_CELLS_IDLE = 4096       # idle prefix-cache cells a repack keeps beside one sequence
+IDLE_CELLS_UNDER_LOAD = 512  # ... and beside many (the budget is 4,096 / running)
+
 
 class KVOps(Protocol):
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None: ...
     def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None: ...
     def clear(self) -> None: ...
+    def seq_save(self, seq_id: int) -> Any: ...
+    def seq_restore(self, data: Any, seq_id: int) -> None: ...
 
 
 @dataclass(eq=False)
@@ -104,13 +108,18 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class Scheduler:
     def __init__(self, kv: KVOps, *, n_slots: int, kv_cells: int, max_running: int,
-                 batch_tokens: int, prefill_chunk: int, epoch_cells: int | None = None) -> None:
+                 batch_tokens: int, prefill_chunk: int, epoch_cells: int | None = None,
+                 repack_cells: int = REPACK_CELLS) -> None:
         self.kv = kv
         # Attention scans every cell up to the highest one in use, so an epoch stops
         # admitting once this many cells are written, even if the pool has room.
         self.epoch_cells = min(kv_cells, epoch_cells or kv_cells)
         self.slots = [Slot(i) for i in range(n_slots)]
         self.trash = n_slots  # llama.cpp sequence id that holds detached cells
+        self.scratch = n_slots + 1  # llama.cpp sequence id a repack stages tails in
+        self.repack_cells = repack_cells
+        self._next_repack_check = repack_cells
+        self.repacks = 0
         self.kv_cells = kv_cells
         self.max_running = max_running
         self.batch_tokens = batch_tokens
@@ -169,13 +178,7 @@ class Scheduler:
             return False
         prompt = group.seqs[0].tokens
         max_new = group.request.params.max_new_tokens
-        # Best cached prefix anywhere (idle or running slots), keeping >= 1 token to
-        # prefill so the last prompt position yields logits.
-        best_slot, best_len = None, 0
-        for slot in self.slots:
-            length = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
-            if length > best_len:
-                best_slot, best_len = slot, length
+        best_slot, best_len = self._best_prefix(prompt)
         need = len(prompt) - best_len + n * max_new
         if (self.committed_cells() + need > self.kv_cells
                 or self.allocated >= self.epoch_cells):
@@ -208,6 +211,25 @@ class Scheduler:
         self.running.extend(group.seqs)
         return True
 
+    def reset(self) -> None:
+        """Forget every cell (after the running sequences were ended)."""
+        self._new_epoch()
+
+    def _best_prefix(self, prompt: list[int]) -> tuple[Slot | None, int]:
+        """The longest cached prefix anywhere (idle or running slots), keeping >= 1
+        token to prefill so the last prompt position yields logits."""
+        best_slot, best_len = None, 0
+        for slot in self.slots:
+            length = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
+            if length > best_len:
+                best_slot, best_len = slot, length
+        return best_slot, best_len
+
+    def _cells_needed(self, group: Group) -> int:
+        prompt = group.seqs[0].tokens
+        _, reuse = self._best_prefix(prompt)
+        return len(prompt) - reuse + len(group.seqs) * group.request.params.max_new_tokens
+
     def _new_epoch(self) -> None:
         """Nothing runs: free every cell at once, so allocation restarts at cell 0."""
         self.kv.clear()
@@ -216,6 +238,7 @@ class Scheduler:
             slot.cells = []
         self.allocated = 0
         self._trash_low = None
+        self._next_repack_check = self.repack_cells
         self.epochs += 1
 
     def _compact(self) -> None:
@@ -247,7 +270,126 @@ class Scheduler:
         self.kv.seq_remove(self.trash, 0, -1)
         self.allocated = low
         self._trash_low = None
+        self._next_repack_check = low + self.repack_cells
         self.compactions += 1
+
+    # ---- repacking ------------------------------------------------------------------
+
+    def maybe_repack(self) -> bool:
+        """Move every kept sequence's cells down to cell 0 once enough cells above them
+        are garbage, without waiting for anything to finish.
+
+        Freed holes cannot be reused in place (the next token would land below the
+        cells it follows), but llama.cpp can save a sequence's cells and restore them,
+        byte for byte and in the same order, into the lowest free cells. So: save
+        every kept sequence, empty the cache, restore them one after another from
+        cell 0. Each sequence's cells stay in position order and hold the same bytes,
+        so its logits are bitwise what they were; cells shared between sequences
+        (a prompt prefix, n > 1 siblings) stay shared. Costs ~1 ms per 1,000 cells;
+        attention then scans only live cells instead of everything written since
+        the cache was last empty (at 16 sequences, 2,048 dead cells cost ~15%).
+        """
+        head = self.waiting[0] if self.waiting else None
+        if head is not None and len(self.running) + len(head.seqs) > self.max_running:
+            head = None  # waiting for a sequence slot, not for cells
+        need = self._cells_needed(head) if head is not None else 0
+        if head is not None and (self.committed_cells() + need <= self.kv_cells
+                                 and self.allocated < self.epoch_cells):
+            head = None  # it fits as things are
+        if head is None and self.allocated < self._next_repack_check:
+            return False
+        running = [s for s in self.slots if s.owner is not None and s.cells]
+        covered: set[int] = set()
+        for slot in running:
+            covered.update(slot.cells)
+        budget = max(IDLE_CELLS_UNDER_LOAD, IDLE_CELLS_IDLE // max(1, len(self.running)))
+        if head is not None:
+            # The waiting request needs the room more than idle cache entries do.
+            reserved = self.committed_cells() - self.allocated
+            budget = min(budget, self.epoch_cells - 1 - len(covered),
+                         self.kv_cells - reserved - need - len(covered))
+            if budget < 0:
+                return False  # even without the idle entries it would not fit
+        keep = running + self._idle_to_keep(covered, budget)
+        garbage = self.allocated - len(covered)
+        if garbage < (1 if head is not None else self.repack_cells):
+            if head is None:
+                self._next_repack_check = self.allocated + self.repack_cells - garbage
+            return False
+        self._repack(keep)
+        return True
+
+    def _idle_to_keep(self, covered: set[int], budget: int) -> list[Slot]:
+        """Idle prefix-cache entries a repack keeps: most recently used first, while
+        the cells they add to `covered` (updated) stay within `budget`.
+
+        The budget shrinks as more sequences run (4,096 cells beside one, 512 beside
+        eight or more): an idle cell costs every running sequence a cell of
+        attention on every step.
+        """
+        kept = []
+        idle = sorted((s for s in self.slots if s.owner is None and s.cells),
+                      key=lambda s: s.last_used, reverse=True)
+        for slot in idle:
+            extra = [c for c in slot.cells if c not in covered]
+            if len(extra) > budget:
+                continue
+            budget -= len(extra)
+            covered.update(extra)
+            kept.append(slot)
+        return kept
+
+    def _repack(self, keep: list[Slot]) -> None:
+        # Plan: each slot shares the longest run of identical cells with a slot restored
+        # before it, and only its own tail is saved (staged under `scratch`).
+        plans: list[tuple[Slot, Slot | None, int, Any]] = []
+        for i, slot in enumerate(keep):
+            parent, shared = None, 0
+            for prev in keep[:i]:
+                if prev.cells[0] == slot.cells[0]:
+                    k = common_prefix(slot.cells, prev.cells)
+                    if k > shared:
+                        parent, shared = prev, k
+            plans.append((slot, parent, shared, None))
+        saved = []
+        for slot, parent, shared, _ in plans:
+            if shared == len(slot.cells):
+                data = None
+            elif shared:
+                self.kv.seq_copy(slot.id, self.scratch, shared, -1)
+                try:
+                    data = self.kv.seq_save(self.scratch)
+                finally:
+                    self.kv.seq_remove(self.scratch, 0, -1)
+            else:
+                data = self.kv.seq_save(slot.id)
+            saved.append((slot, parent, shared, data))
+        # Nothing has changed yet; from here on the cache is rebuilt.
+        self.kv.clear()
+        kept_ids = {id(s) for s in keep}
+        for slot in self.slots:
+            if id(slot) not in kept_ids:  # an idle entry over the budget
+                slot.tokens = []
+                slot.cells = []
+        self.allocated = 0
+        for slot, parent, shared, data in saved:
+            cells = parent.cells[:shared] if parent is not None else []
+            if shared:
+                self.kv.seq_copy(parent.id, slot.id, 0, shared)
+            if data is not None:
+                count = len(slot.cells) - shared
+                if shared:
+                    self.kv.seq_restore(data, self.scratch)
+                    self.kv.seq_copy(self.scratch, slot.id, -1, -1)
+                    self.kv.seq_remove(self.scratch, 0, -1)
+                else:
+                    self.kv.seq_restore(data, slot.id)
+                cells = cells + list(range(self.allocated, self.allocated + count))
+                self.allocated += count
+            slot.cells = cells
+        self._trash_low = None
+        self._next_repack_check = self.allocated + self.repack_cells
+        self.repacks += 1
 
     def _bind(self, seq: Sequence, slot: Slot, source: Slot | None, reuse: int) -> None:
         """Give `seq` its slot, keeping `reuse` prompt tokens from `source`'s cells."""
