@@ -18,7 +18,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,19 @@ class CeilingResult:
     @property
     def best_decode(self) -> DecodeFigure:
         return max(self.decode, key=lambda f: f.tokens_per_s)
+
+    def higher_of(self, other: CeilingResult) -> CeilingResult:
+        """Per batch size, the faster of two measurements of the same ceiling.
+
+        A shared machine only ever makes a measurement slower, so ratios taken against
+        the higher one cannot be flattered by a slow moment during the ceiling run.
+        """
+        theirs = {f.batch: f for f in other.decode}
+        decode = [max(f, theirs.get(f.batch, f), key=lambda g: g.tokens_per_s)
+                  for f in self.decode]
+        pp = max(self.prompt_processing_tokens_per_s, other.prompt_processing_tokens_per_s)
+        return replace(self, decode=decode, prompt_processing_tokens_per_s=pp,
+                       seconds=self.seconds + other.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -63,6 +63,12 @@ class _LiveGauges(Collector):
         yield gauge("chatd_kv_cache_usage_ratio",
                     "Fraction of KV cells in use (running + prefix cache).",
                     (running + cached) / total if total else 0.0)
+        yield gauge("chatd_kv_cells_allocated",
+                    "KV cells up to the allocation cursor, live or garbage: what attention "
+                    "scans every step.", stats.get("kv_cells_allocated", 0))
+        yield CounterMetricFamily("chatd_kv_repacks",
+                                  "Times live KV cells were moved down to reclaim garbage "
+                                  "while sequences ran.", value=stats.get("kv_repacks", 0))
         yield CounterMetricFamily("chatd_prefix_cache_hit_tokens",
                                   "Prompt tokens reused from the prefix cache.",
                                   value=stats.get("prefix_cache_hit_tokens", 0))
