@@ -261,6 +261,27 @@ def _decode_rep(bench: _Bench, batch: int, prompt_tokens: int, steps: int) -> tu
     return batch * steps / elapsed, statistics.median(step_times)
 
 
+class SingleStreamCeiling:
+    """The B=1 decode ceiling, kept loaded so it can be measured again and again
+    between rounds of server load (see `benchmarks.run`'s paired c=1 figure)."""
+
+    def __init__(self, model_path: str | Path | None = None, n_threads: int | None = None,
+                 prompt_tokens: int = 64, steps: int = 128) -> None:
+        path = Path(model_path) if model_path else bundled_model_path()
+        n_ctx = -(-(prompt_tokens + steps + 1) // 256) * 256
+        self._bench = _Bench(path, n_ctx=n_ctx, n_batch=512, n_seq_max=1,
+                             threads=n_threads or physical_cores())
+        self._prompt_tokens, self._steps = prompt_tokens, steps
+        _decode_rep(self._bench, 1, prompt_tokens, 4)  # warm-up
+
+    def measure(self) -> float:
+        """Tokens/s of one sequence decoding `steps` tokens."""
+        return _decode_rep(self._bench, 1, self._prompt_tokens, self._steps)[0]
+
+    def close(self) -> None:
+        self._bench.close()
+
+
 def _prompt_rep(bench: _Bench, tokens: list[int]) -> float:
     """Prefill one sequence's long prompt in n_batch chunks; tokens/s."""
     bench.clear()

@@ -256,6 +256,8 @@ async def soak(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         "kv_cells_running_at_rest": rest.get("kv_cells_running"),
         "kv_cells_cached_at_rest": rest.get("kv_cells_cached"),
         "running_sequences_at_rest": rest.get("running_sequences"),
+        "kv_repacks": rest.get("kv_repacks"), "kv_compactions": rest.get("kv_compactions"),
+        "kv_epochs": rest.get("kv_epochs"),
         "error_samples": tally.error_samples,
     }
 

@@ -340,9 +340,9 @@ class Scheduler:
         return kept
 
     def _repack(self, keep: list[Slot]) -> None:
-        # Plan: each slot shares the longest run of identical cells with a slot restored
-        # before it, and only its own tail is saved (staged under `scratch`).
-        plans: list[tuple[Slot, Slot | None, int, Any]] = []
+        # Each slot shares the longest run of identical cells with a slot restored
+        # before it; only its own tail is saved (staged under `scratch`).
+        saved: list[tuple[Slot, Slot | None, int, Any]] = []
         for i, slot in enumerate(keep):
             parent, shared = None, 0
             for prev in keep[:i]:
@@ -350,9 +350,6 @@ class Scheduler:
                     k = common_prefix(slot.cells, prev.cells)
                     if k > shared:
                         parent, shared = prev, k
-            plans.append((slot, parent, shared, None))
-        saved = []
-        for slot, parent, shared, _ in plans:
             if shared == len(slot.cells):
                 data = None
             elif shared:
@@ -368,7 +365,7 @@ class Scheduler:
         self.kv.clear()
         kept_ids = {id(s) for s in keep}
         for slot in self.slots:
-            if id(slot) not in kept_ids:  # an idle entry over the budget
+            if slot.owner is None and id(slot) not in kept_ids:  # idle, over the budget
                 slot.tokens = []
                 slot.cells = []
         self.allocated = 0
