@@ -17,7 +17,6 @@ makes a measurement slower, so a slow moment cannot flatter a ratio).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import math
@@ -39,6 +38,7 @@ import httpx
 from benchmarks.ceiling import (
     DEFAULT_BATCH_SIZES,
     CeilingResult,
+    SingleStreamCeiling,
     format_ceiling,
     measure_ceiling,
     special_token_ids,
@@ -49,7 +49,9 @@ from chatd.bench.loadgen import (
     DEFAULT_MAX_TOKENS,
     LoadResult,
     default_requests_per_client,
+    detect_model,
     parse_int_list,
+    run_client,
     run_load,
 )
 
@@ -86,8 +88,9 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def chatd_server(args: argparse.Namespace) -> Iterator[str]:
-    """Start `chatd serve` on a free port; yield its base URL; SIGTERM (then kill) it."""
+def chatd_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
+    """Start `chatd serve` on a free port; yield its base URL and pid; SIGTERM (then
+    kill) it."""
     port = _free_port()
     cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(port), "--host", "127.0.0.1",
            "--max-sequences", str(args.max_sequences)]
@@ -110,7 +113,7 @@ def chatd_server(args: argparse.Namespace) -> Iterator[str]:
             print(_tail(log_path), file=sys.stderr)
             raise
         print(f"server healthy after {time.monotonic() - started:.1f}s", flush=True)
-        yield base
+        yield base, proc.pid
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -141,6 +144,68 @@ CONSTRAINED_FORMAT = {"type": "json_schema",
                       "json_schema": {"name": "story", "schema": CONSTRAINED_SCHEMA}}
 CONSTRAINED_CONCURRENCY = (1, 8)
 CONSTRAINED_ROUNDS = 4
+
+
+PAIRED_ROUNDS = 4
+
+
+def _main_thread_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a process's main thread (chatd's event loop), where /proc has it."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _paired_c1(url: str, args: argparse.Namespace, ban: list[int],
+                     server_pid: int | None = None) -> dict[str, Any]:
+    """Server c=1 in rounds, each between two B=1 ceiling measurements.
+
+    On a shared machine one stream's speed drifts by a third within a minute, so a
+    c=1 ratio taken against a ceiling measured minutes earlier says more about the
+    neighbours than about the server. Each round's ratio is the server's rate over the
+    mean of the ceilings measured just before and just after it; the geometric mean
+    over rounds is reported.
+
+    Also the CPU that HTTP costs per token: the server's event loop and this load
+    generator. llama.cpp keeps both cores busy at B=1, so this CPU is taken from
+    decoding: it is most of the gap between c=1 and the ceiling.
+    """
+    ceiling = SingleStreamCeiling(args.model, args.threads or None,
+                                  args.ceiling_prompt_tokens, args.ceiling_steps or args.max_tokens)
+    try:
+        model = args.model_name or await detect_model(url, args.api_key)
+        before = ceiling.measure()
+        ratios, servers, ceilings = [], [], [before]
+        tokens, loop_cpu, client_cpu = 0, 0.0, 0.0
+        for _ in range(PAIRED_ROUNDS):
+            loop0 = _main_thread_cpu_s(server_pid) if server_pid else None
+            res = await run_load(url, model, 1, requests_per_client=2,
+                                 max_tokens=args.max_tokens, api_key=args.api_key,
+                                 ban_tokens=ban, warmup=False)
+            client_cpu += res.client_cpu_s or 0.0
+            loop1 = _main_thread_cpu_s(server_pid) if server_pid else None
+            if loop0 is not None and loop1 is not None:
+                loop_cpu += loop1 - loop0
+            tokens += res.completion_tokens
+            after = ceiling.measure()
+            ceilings.append(after)
+            servers.append(res.tokens_per_s)
+            ratios.append(res.tokens_per_s / ((before + after) / 2))
+            before = after
+    finally:
+        ceiling.close()
+    row = {"rounds": len(ratios), "server_tokens_per_s": [round(x, 1) for x in servers],
+           "ceiling_tokens_per_s": [round(x, 1) for x in ceilings],
+           "round_ratios": [round(r, 3) for r in ratios],
+           "ratio": round(math.exp(sum(map(math.log, ratios)) / len(ratios)), 3),
+           "client_cpu_ms_per_token": round(1000 * client_cpu / max(1, tokens), 3),
+           "server_event_loop_cpu_ms_per_token": (round(1000 * loop_cpu / max(1, tokens), 3)
+                                                  if server_pid else None)}
+    print(f"  c=1 / B=1 ceiling per round: {row['round_ratios']}", flush=True)
+    return row
 
 
 async def _drive_constrained(url: str, args: argparse.Namespace,
@@ -334,13 +399,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.url:
                 print(f"load on {args.url} ...", flush=True)
-                runs = asyncio.run(_drive(args.url, args, ban))
+                runs = run_client(_drive(args.url, args, ban))
             else:
-                with chatd_server(args) as base:
+                with chatd_server(args) as (base, server_pid):
                     print("closed-loop load ...", flush=True)
-                    runs = asyncio.run(_drive(base, args, ban))
+                    runs = run_client(_drive(base, args, ban))
                     print("constrained (json_schema) load ...", flush=True)
-                    constrained = asyncio.run(_drive_constrained(base, args, ban))
+                    constrained = run_client(_drive_constrained(base, args, ban))
+                    if ceiling is not None and 1 in args.concurrency:
+                        print("c=1 paired with the B=1 ceiling ...", flush=True)
+                        doc["c1_paired"] = run_client(_paired_c1(base, args, ban, server_pid))
                     if ceiling is not None:
                         # Again, beside the now idle server: ratios use the higher one.
                         print("engine ceiling again, after the load ...", flush=True)
@@ -365,6 +433,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  c={row['concurrency']:<3d} plain {row['plain_decode_tok_s']}  "
                       f"constrained {row['constrained_decode_tok_s']}  ratio {row['ratio']}")
         doc["comparison"] = rows
+        paired = doc.get("c1_paired")
+        if paired:
+            print(f"\nc=1 paired with the B=1 ceiling ({paired['rounds']} rounds, each "
+                  "against the mean of the ceilings just before and after it): server "
+                  f"{paired['server_tokens_per_s']} tok/s, ceiling "
+                  f"{paired['ceiling_tokens_per_s']} tok/s, ratio {paired['ratio']} "
+                  "(geometric mean; target >= 0.95)")
+            print(f"  CPU per token taken from decoding: server event loop "
+                  f"{paired['server_event_loop_cpu_ms_per_token']} ms, load generator "
+                  f"{paired['client_cpu_ms_per_token']} ms")
         if rows:
             print()
             again = " (the higher of the runs before and after the load)" \

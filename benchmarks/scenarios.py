@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from chatd.bench.loadgen import percentile
+from chatd.bench.loadgen import percentile, run_client
 
 WORDS = ["river", "mountain", "lantern", "orbit", "velvet", "harbor", "meadow", "signal",
          "copper", "thistle", "falcon", "ember", "quarry", "lagoon", "prism", "saddle",
@@ -144,14 +144,14 @@ def main() -> int:
                    help="extra `chatd serve` argument, e.g. --serve-arg='--kv-cache f16'")
     args = p.parse_args()
     if args.url:
-        result = asyncio.run(run_all(args.url))
+        result = run_client(run_all(args.url))
     else:
         from benchmarks.run import build_parser, chatd_server
 
         serve_args = build_parser().parse_args(
             ["--max-sequences", "16", *(f"--serve-arg={a}" for a in args.serve_arg)])
-        with chatd_server(serve_args) as base:
-            result = asyncio.run(run_all(base))
+        with chatd_server(serve_args) as (base, _pid):
+            result = run_client(run_all(base))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(result, f, indent=2)

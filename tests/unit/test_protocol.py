@@ -17,6 +17,7 @@ from chatd.api.protocol import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    ContentChunks,
     CustomTool,
     Delta,
     FunctionCallDelta,
@@ -354,6 +355,29 @@ def test_chunk_to_sse_and_to_dict() -> None:
     assert json.loads(frame[len("data: "):]) == chunk.to_dict()
     assert "usage" in chunk.to_dict(include_usage=True)
     assert "service_tier" not in chunk.to_dict()
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_templated_content_chunks_match_the_model(include_usage: bool) -> None:
+    chunks = ContentChunks(CHUNK, include_usage)
+    texts = ["Hel", "", 'say "hi"\\n', "line\nbreak\ttab", "\x00\x1f\x7f", "é 中文 🙂",
+             "\u2028\u2029", "</script>", ContentChunks._MARK]
+    for index in (0, 2):
+        for text in texts:
+            frame = chunks.sse(index, text)
+            assert frame.startswith("data: {") and frame.endswith("}\n\n")
+            assert "\n" not in frame[:-2]
+            model = ChatCompletionChunk(**CHUNK, choices=[
+                ChunkChoice(index=index, delta=Delta(content=text))]).to_sse(include_usage)
+            assert json.loads(frame[len("data: "):]) == json.loads(model[len("data: "):])
+
+
+def test_templated_content_chunks_survive_the_marker_in_a_field() -> None:
+    fields = {**CHUNK, "model": "m-" + ContentChunks._MARK}
+    frame = ContentChunks(fields, False).sse(0, "x")
+    data = json.loads(frame[len("data: "):])
+    assert data["model"] == fields["model"]
+    assert data["choices"][0]["delta"] == {"content": "x"}
 
 
 def test_chunk_logprobs_shape() -> None:

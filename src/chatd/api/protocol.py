@@ -13,6 +13,7 @@ required-but-nullable keys are present as ``null``; optional keys are left out.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -754,6 +755,42 @@ class ChatCompletionChunk(BaseModel):
     def to_sse(self, include_usage: bool = False) -> str:
         """The chunk as one data-only SSE event."""
         return f"data: {self.to_json(include_usage)}\n\n"
+
+
+class ContentChunks:
+    """Plain content chunks of one stream, written from a template.
+
+    Nearly every chunk of a stream is one token of content. Building and serialising
+    three models for it costs ~0.1 ms on the event loop, which shares two cores with
+    llama.cpp's threads: a few percent of a single stream's speed. The template is
+    the model's own serialisation of a chunk whose content is a marker, split
+    around it, so the shape cannot drift from ``ChatCompletionChunk``.
+    """
+
+    _MARK = "chatd-content-marker-7f3a"
+
+    def __init__(self, fields: dict[str, Any], include_usage: bool) -> None:
+        self._fields = fields
+        self._include_usage = include_usage
+        self._templates: dict[int, tuple[str, str] | None] = {}
+
+    def sse(self, index: int, content: str) -> str:
+        """The data-only SSE event carrying `content` for choice `index`."""
+        template = self._templates.get(index, ())
+        if template == ():
+            template = self._templates[index] = self._template(index)
+        if template is None:  # the marker also occurs in a field: the slow path
+            return self._chunk(index, content)
+        return template[0] + json.dumps(content, ensure_ascii=False)[1:-1] + template[1]
+
+    def _chunk(self, index: int, content: str) -> str:
+        return ChatCompletionChunk(
+            **self._fields, choices=[ChunkChoice(index=index, delta=Delta(content=content))],
+        ).to_sse(self._include_usage)
+
+    def _template(self, index: int) -> tuple[str, str] | None:
+        parts = self._chunk(index, self._MARK).split(self._MARK)
+        return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
 SSE_DONE = "data: [DONE]\n\n"

@@ -20,16 +20,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+
+from chatd.bench.plainhttp import PlainConnection
+
+T = TypeVar("T")
 
 DEFAULT_PROMPT = (
     "Write a long, detailed story about a lighthouse keeper who finds a message in a "
@@ -276,12 +281,15 @@ def build_payload(
 
 
 async def _send(
-    client: httpx.AsyncClient, url: str, payload: dict[str, Any], result: RequestResult
+    client: httpx.AsyncClient, url: str, payload: dict[str, Any], result: RequestResult,
+    plain: PlainConnection | None = None,
 ) -> None:
     """Run one request, filling `result`; errors become `result.error`, never raise."""
     result.start = time.perf_counter()
     try:
-        if payload.get("stream"):
+        if payload.get("stream") and plain is not None:
+            await _send_stream_plain(plain, url, payload, result)
+        elif payload.get("stream"):
             await _send_stream(client, url, payload, result)
         else:
             await _send_plain(client, url, payload, result)
@@ -306,6 +314,32 @@ async def _send_stream(
                 done = apply_event(result, ev, now) or done
         for ev in decoder.close():
             done = apply_event(result, ev, time.perf_counter()) or done
+    if result.error is None and not done:
+        result.error = "stream ended without data: [DONE]"
+
+
+async def _send_stream_plain(
+    conn: PlainConnection, url: str, payload: dict[str, Any], result: RequestResult
+) -> None:
+    """`_send_stream` over a PlainConnection (the cheap client; see chatd.bench.plainhttp)."""
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    status, body = await conn.post(url, json.dumps(payload).encode())
+    try:
+        if status != 200:
+            data = b"".join([piece async for piece in body])
+            result.error = f"HTTP {status}: {data.decode('utf-8', 'replace')[:200]}"
+            return
+        decoder = SSEDecoder()
+        done = False
+        async for piece in body:
+            now = time.perf_counter()  # events of one network read arrive together
+            for ev in decoder.feed(text.decode(piece)):
+                done = apply_event(result, ev, now) or done
+        for ev in decoder.feed(text.decode(b"", final=True)) + decoder.close():
+            done = apply_event(result, ev, time.perf_counter()) or done
+    except BaseException:
+        await conn.aclose()  # the body was not read to its end: the connection is spent
+        raise
     if result.error is None and not done:
         result.error = "stream ended without data: [DONE]"
 
@@ -368,6 +402,7 @@ class LoadResult:
     wall_s: float
     requests: list[RequestResult] = field(repr=False)
     warmup_error: str | None = None
+    client_cpu_s: float | None = None  # this generator's CPU over the timed window
 
     @property
     def ok_requests(self) -> list[RequestResult]:
@@ -417,6 +452,9 @@ class LoadResult:
             "error_sample": self.error_sample,
             "warmup_error": self.warmup_error,
             "short_requests": self.short_requests,
+            "client_cpu_ms_per_token": (
+                _round(1000 * self.client_cpu_s / self.completion_tokens, 3)
+                if self.client_cpu_s is not None and self.completion_tokens else None),
             "completion_tokens": self.completion_tokens,
             "wall_s": round(self.wall_s, 3),
             "tokens_per_s": round(self.tokens_per_s, 2),
@@ -467,6 +505,14 @@ def _client(
         timeout=httpx.Timeout(timeout, connect=10.0),
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
     )
+
+
+def _plain(base_url: str, api_key: str | None, timeout: float) -> PlainConnection | None:
+    """The cheap streaming client where it can serve (plain http://), else None."""
+    if not base_url.startswith("http://"):
+        return None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return PlainConnection(base_url, headers, timeout)
 
 
 async def detect_model(
@@ -529,6 +575,8 @@ async def run_load(
     # client (~25 ms of blocking CPU), which would otherwise stagger the starts and
     # inflate the TTFT of the clients already waiting.
     clients = [_client(base, api_key, timeout, transport) for _ in range(concurrency)]
+    plain = [_plain(base, api_key, timeout) if transport is None else None
+             for _ in range(concurrency)]
     results: list[RequestResult] = []
     warmup_error = None
 
@@ -539,7 +587,8 @@ async def run_load(
             if deadline is not None and time.perf_counter() >= deadline:
                 return
             res = RequestResult(client=client_idx, index=i, start=0.0)
-            await _send(client, endpoint, payload(seed + 10000 * client_idx + i, max_tokens), res)
+            await _send(client, endpoint, payload(seed + 10000 * client_idx + i, max_tokens), res,
+                        plain[client_idx])
             results.append(res)
             i += 1
             if res.error:
@@ -548,16 +597,33 @@ async def run_load(
     try:
         if warmup:
             warm = RequestResult(client=-1, index=0, start=0.0)
-            await _send(clients[0], endpoint, payload(seed - 1, min(max_tokens, 16)), warm)
+            await _send(clients[0], endpoint, payload(seed - 1, min(max_tokens, 16)), warm,
+                        plain[0])
             warmup_error = warm.error
         deadline = None if duration is None else time.perf_counter() + duration
+        cpu0 = time.thread_time()  # the clients all run on this thread's loop
         await asyncio.gather(*(user(c, deadline) for c in range(concurrency)))
+        client_cpu = time.thread_time() - cpu0
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
+        await asyncio.gather(*(c.aclose() for c in clients),
+                             *(p.aclose() for p in plain if p is not None))
     wall = max(r.end for r in results) - min(r.start for r in results) if results else 0.0
     results.sort(key=lambda r: r.start)
     return LoadResult(url=base, model=model_id, concurrency=concurrency, max_tokens=max_tokens,
-                      stream=stream, wall_s=wall, requests=results, warmup_error=warmup_error)
+                      stream=stream, wall_s=wall, requests=results, warmup_error=warmup_error,
+                      client_cpu_s=client_cpu)
+
+
+def run_client(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on uvloop where it is installed (with uvicorn[standard]): the
+    load generator shares the cores with the server it measures, and every
+    microsecond it spends per chunk is taken from that server."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def default_requests_per_client(concurrency: int) -> int:
@@ -655,7 +721,7 @@ async def _run_all(args: argparse.Namespace) -> list[LoadResult]:
 def run_from_args(args: argparse.Namespace) -> int:
     """`chatd bench`: run each concurrency, print the table; 1 if any request failed."""
     try:
-        results = asyncio.run(_run_all(args))
+        results = run_client(_run_all(args))
     except (httpx.HTTPError, RuntimeError, OSError) as exc:
         print(f"chatd bench: cannot reach {normalise_base_url(args.url)}: {exc}", file=sys.stderr)
         return 2

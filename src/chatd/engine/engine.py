@@ -212,8 +212,11 @@ class Engine:
             for group in {seq.group for seq, _ in plan.advanced}:
                 group.flush()
         # Shutting down: nobody may wait forever on a stream.
-        for seq in list(sched.running):
+        running = list(sched.running)
+        for seq in running:
             self._finish(seq, "abort")
+        for group in {seq.group for seq in running}:
+            group.flush()
         while sched.waiting or self._inbox:
             group = sched.waiting.popleft() if sched.waiting else self._inbox.popleft()
             self._finish_group(group, "abort")

@@ -22,6 +22,7 @@ from chatd.api.protocol import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    ContentChunks,
     Delta,
     FunctionCall,
     FunctionCallDelta,
@@ -115,15 +116,16 @@ async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionR
     choice, the optional usage chunk, then [DONE]; a late failure is an error event."""
     include_usage = body.include_usage()
     want_logprobs = bool(body.logprobs)
+    fields = {"id": completion_id, "created": created, "model": ctx.model_name,
+              "system_fingerprint": ctx.fingerprint}
+    plain = ContentChunks(fields, include_usage)
 
     def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
-        return ChatCompletionChunk(
-            id=completion_id, created=created, model=ctx.model_name,
-            system_fingerprint=ctx.fingerprint,
-            choices=choices, usage=usage,
-        ).to_sse(include_usage)
+        return ChatCompletionChunk(**fields, choices=choices, usage=usage).to_sse(include_usage)
 
     def content_chunk(delta: ChoiceDelta) -> str:
+        if not want_logprobs:
+            return plain.sse(delta.index, delta.content)
         return chunk([ChunkChoice(
             index=delta.index, delta=Delta(content=delta.content),
             logprobs=_logprobs(delta.logprobs) if want_logprobs else None)])
