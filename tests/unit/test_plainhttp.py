@@ -186,3 +186,19 @@ async def test_stream_result_from_a_scripted_sse_reply() -> None:
     assert result.error is None
     assert result.completion_tokens == 2 and result.usage_reported
     assert result.content_chunks == 2 and result.finish_reason == "length"
+
+
+async def test_no_content_has_no_body_to_wait_for() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server, url = await serve(handler)
+    async with server:
+        conn = PlainConnection(url, {}, timeout=5)
+        assert await body_of(conn) == (204, b"")
+        assert await body_of(conn) == (204, b"")  # and the connection is still usable
+        await conn.aclose()

@@ -101,7 +101,9 @@ class PlainConnection:
                 headers[name.strip().lower()] = value.strip()
         keep = (version != "HTTP/1.0"
                 and "close" not in headers.get("connection", "").lower())
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        if status in (204, 304) or 100 <= status < 200:
+            body = self._empty(keep)  # no body by definition (1xx is not expected)
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
             body = self._chunked(keep)
         elif "content-length" in headers:
             body = self._sized(int(headers["content-length"]), keep)
@@ -192,6 +194,11 @@ class PlainConnection:
             length -= len(data)
             yield data
         await self._finished(keep)
+
+    async def _empty(self, keep: bool) -> AsyncIterator[bytes]:
+        await self._finished(keep)
+        return
+        yield  # an async generator that yields nothing
 
     async def _until_close(self) -> AsyncIterator[bytes]:
         reader = self._reader
