@@ -21,6 +21,17 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, bytes]:
     return lines[0], await reader.readexactly(length)
 
 
+def replying(*replies: bytes) -> Handler:
+    """A connection handler that answers each request with the next reply, then closes."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for reply in replies:
+            await read_request(reader)
+            writer.write(reply)
+            await writer.drain()
+        writer.close()
+    return handler
+
+
 async def serve(handler: Handler) -> tuple[asyncio.Server, str]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -138,13 +149,7 @@ async def test_a_stalled_stream_times_out() -> None:
 
 
 async def test_garbage_is_an_error_not_a_hang() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server, url = await serve(handler)
+    server, url = await serve(replying(b"SSH-2.0-OpenSSH\r\n\r\n"))
     async with server:
         conn = PlainConnection(url, {}, timeout=5)
         with pytest.raises(PlainHTTPError):
@@ -189,14 +194,7 @@ async def test_stream_result_from_a_scripted_sse_reply() -> None:
 
 
 async def test_no_content_has_no_body_to_wait_for() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(2):
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-            await writer.drain()
-        writer.close()
-
-    server, url = await serve(handler)
+    server, url = await serve(replying(*[b"HTTP/1.1 204 No Content\r\n\r\n"] * 2))
     async with server:
         conn = PlainConnection(url, {}, timeout=5)
         assert await body_of(conn) == (204, b"")
