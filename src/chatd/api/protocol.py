@@ -776,9 +776,9 @@ class ContentChunks:
 
     def sse(self, index: int, content: str) -> str:
         """The data-only SSE event carrying `content` for choice `index`."""
-        template = self._templates.get(index, ())
-        if template == ():
-            template = self._templates[index] = self._template(index)
+        if index not in self._templates:
+            self._templates[index] = self._template(index)
+        template = self._templates[index]
         if template is None:  # the marker also occurs in a field: the slow path
             return self._chunk(index, content)
         return template[0] + json.dumps(content, ensure_ascii=False)[1:-1] + template[1]

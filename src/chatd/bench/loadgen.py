@@ -25,7 +25,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -301,45 +301,49 @@ async def _send(
 async def _send_stream(
     client: httpx.AsyncClient, url: str, payload: dict[str, Any], result: RequestResult
 ) -> None:
-    decoder = SSEDecoder()
-    done = False
     async with client.stream("POST", url, json=payload) as resp:
         if resp.status_code != 200:
             body = (await resp.aread()).decode("utf-8", errors="replace")
             result.error = f"HTTP {resp.status_code}: {body[:200]}"
             return
-        async for text in resp.aiter_text():
-            now = time.perf_counter()  # events of one network read arrive together
-            for ev in decoder.feed(text):
-                done = apply_event(result, ev, now) or done
-        for ev in decoder.close():
-            done = apply_event(result, ev, time.perf_counter()) or done
-    if result.error is None and not done:
-        result.error = "stream ended without data: [DONE]"
+        await _read_sse(resp.aiter_text(), result)
 
 
 async def _send_stream_plain(
     conn: PlainConnection, url: str, payload: dict[str, Any], result: RequestResult
 ) -> None:
     """`_send_stream` over a PlainConnection (the cheap client; see chatd.bench.plainhttp)."""
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     status, body = await conn.post(url, json.dumps(payload).encode())
     try:
         if status != 200:
             data = b"".join([piece async for piece in body])
             result.error = f"HTTP {status}: {data.decode('utf-8', 'replace')[:200]}"
             return
-        decoder = SSEDecoder()
-        done = False
-        async for piece in body:
-            now = time.perf_counter()  # events of one network read arrive together
-            for ev in decoder.feed(text.decode(piece)):
-                done = apply_event(result, ev, now) or done
-        for ev in decoder.feed(text.decode(b"", final=True)) + decoder.close():
-            done = apply_event(result, ev, time.perf_counter()) or done
+        await _read_sse(_utf8(body), result)
     except BaseException:
         await conn.aclose()  # the body was not read to its end: the connection is spent
         raise
+
+
+async def _utf8(pieces: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Decode a byte stream whose characters may be split between pieces."""
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    async for piece in pieces:
+        yield text.decode(piece)
+    if tail := text.decode(b"", final=True):
+        yield tail
+
+
+async def _read_sse(texts: AsyncIterator[str], result: RequestResult) -> None:
+    """Fold a stream's SSE events into `result`, timing each network read."""
+    decoder = SSEDecoder()
+    done = False
+    async for text in texts:
+        now = time.perf_counter()  # events of one network read arrive together
+        for ev in decoder.feed(text):
+            done = apply_event(result, ev, now) or done
+    for ev in decoder.close():
+        done = apply_event(result, ev, time.perf_counter()) or done
     if result.error is None and not done:
         result.error = "stream ended without data: [DONE]"
 

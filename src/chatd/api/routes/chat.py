@@ -126,9 +126,8 @@ async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionR
     def content_chunk(delta: ChoiceDelta) -> str:
         if not want_logprobs:
             return plain.sse(delta.index, delta.content)
-        return chunk([ChunkChoice(
-            index=delta.index, delta=Delta(content=delta.content),
-            logprobs=_logprobs(delta.logprobs) if want_logprobs else None)])
+        return chunk([ChunkChoice(index=delta.index, delta=Delta(content=delta.content),
+                                  logprobs=_logprobs(delta.logprobs))])
 
     def tool_chunk(delta: ChoiceDelta) -> str:
         fragments = [
