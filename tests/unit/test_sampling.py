@@ -153,3 +153,41 @@ def test_blockwise_draw_is_the_inverse_cdf(n: int) -> None:
         assert w[got] > 0
         ref = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), n - 1)
         assert got == ref or abs(cdf[got] - cdf[ref]) <= 1e-6 * cdf[-1]
+
+
+def test_sampled_frequencies_match_softmax_of_biased_scaled_logits() -> None:
+    """The draw follows softmax((logits + bias - penalties) / T), banned tokens never.
+
+    4,096 tokens take the block-wise path; the likely tokens sit in different blocks
+    and the long tail carries ~15% of the mass, so both levels of the draw count.
+    """
+    n = 4096
+    rng = np.random.default_rng(21)
+    r = rng.normal(-4.0, 1.0, n).astype(np.float32)
+    likely = [3, 700, 1500, 2047, 2048, 4095]
+    r[likely] = [2.0, 1.5, 1.0, 0.5, 2.5, 1.8]
+    banned = 2048  # the best token before bias
+    params = SamplingParams(temperature=0.7, presence_penalty=0.5,
+                            logit_bias={banned: -100, 700: 1.0})
+    s = Sampler(params, n, [], seed=5)
+    s.accept(3)  # one earlier occurrence: the presence penalty applies to token 3
+
+    adj = r.astype(np.float64)
+    adj[700] += 1.0
+    adj[3] -= 0.5
+    adj[banned] = -np.inf
+    p = np.exp((adj - adj.max()) / 0.7)
+    p /= p.sum()
+
+    draws = 40_000
+    counts = np.bincount([s.sample(r) for _ in range(draws)], minlength=n)
+    assert counts[banned] == 0
+    for t in [*likely[:4], likely[5]]:
+        sd = np.sqrt(p[t] * (1 - p[t]) / draws)
+        assert abs(counts[t] / draws - p[t]) < 5 * sd, t
+    tail = np.ones(n, dtype=bool)
+    tail[likely] = False
+    p_tail = p[tail].sum()
+    assert 0.05 < p_tail < 0.5
+    sd = np.sqrt(p_tail * (1 - p_tail) / draws)
+    assert abs(counts[tail].sum() / draws - p_tail) < 5 * sd

@@ -149,6 +149,12 @@ class LlamaModel:
         self.kv_cells = lc.llama_n_ctx(self._ctx)
 
         self._batch = lc.llama_batch_init(settings.n_batch, 0, 1)
+        # llama_get_logits_ith returning a bare address, and one numpy view per address
+        # seen: building a view through ctypes costs ~20 us a row with cold caches.
+        self._logits_ith = lc.llama_cpp._lib["llama_get_logits_ith"]
+        self._logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        self._logits_ith.restype = ctypes.c_void_p
+        self._row_views: dict[int, np.ndarray] = {}
         self._batch_cap = settings.n_batch
         self.bos_id = lc.llama_vocab_bos(self._vocab)
         self.eos_id = lc.llama_vocab_eos(self._vocab)
@@ -215,9 +221,21 @@ class LlamaModel:
             raise DecodeError(rc)
 
     def logits_row(self, batch_index: int) -> np.ndarray:
-        """A zero-copy view of one output row; valid until the next decode."""
-        ptr = lc.llama_get_logits_ith(self._ctx, batch_index)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        """A zero-copy view of one output row; valid until the next decode.
+
+        A view is only a pointer and a shape, so the one made for an address earlier
+        is as good as a new one whenever llama.cpp returns that address again.
+        """
+        addr = self._logits_ith(self._ctx, batch_index)
+        if not addr:
+            raise RuntimeError(f"llama.cpp has no logits for batch row {batch_index}")
+        row = self._row_views.get(addr)
+        if row is None:
+            if len(self._row_views) >= 4 * self.settings.n_batch:
+                self._row_views.clear()  # the output buffer moved; drop stale views
+            row = np.ctypeslib.as_array((ctypes.c_float * self.n_vocab).from_address(addr))
+            self._row_views[addr] = row
+        return row
 
     # ---- KV cache -----------------------------------------------------------------
 

@@ -18,21 +18,26 @@ import numpy as np
 from chatd.engine.types import SamplingParams
 
 _NEG_INF = np.float32(-np.inf)
+_LOG2_E = 1.4426950408889634
+_BLOCK = 256
+_accumulate = np.add.accumulate
+_reduce = np.add.reduce
+_peak = np.maximum.reduce  # ndarray.max() goes through a Python wrapper first
 _thread = threading.local()
 
 
-def _scratch_rows(n_vocab: int) -> np.ndarray:
-    """Two float32 rows the sampling passes write into, one pair per thread.
+def _scratch_row(n_vocab: int) -> np.ndarray:
+    """The float32 row the sampling passes write into, one per thread.
 
     Fresh row-sized temporaries (196 KB each for SmolLM2) made sampling 4-5x
-    slower through malloc's page faults, and one pair per sequence fragments the
+    slower through malloc's page faults, and one row per sequence fragments the
     heap as requests come and go. Sampling runs on the engine thread, one
-    sequence at a time, and nothing keeps a scratch row past the `sample` call.
+    sequence at a time, and nothing keeps the scratch row past the `sample` call.
     """
-    rows = getattr(_thread, "rows", None)
-    if rows is None or rows.shape[1] != n_vocab:
-        rows = _thread.rows = np.empty((2, n_vocab), dtype=np.float32)
-    return rows
+    row = getattr(_thread, "row", None)
+    if row is None or row.shape[0] != n_vocab:
+        row = _thread.row = np.empty(n_vocab, dtype=np.float32)
+    return row
 
 
 def log_softmax_at(row: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -81,33 +86,36 @@ class Sampler:
             or params.repetition_penalty != 1.0
         )
 
-    def _scratch(self, i: int) -> np.ndarray:
-        """Row-sized float32 work row `i` (0 or 1) of this thread (see _scratch_rows)."""
-        return _scratch_rows(self.n_vocab)[i]
-
     def accept(self, token: int) -> None:
         """Record a generated token for the penalties."""
         self._counts[token] = self._counts.get(token, 0) + 1
         if self.params.repetition_penalty != 1.0:
             self._seen.add(token)
 
-    def adjusted(self, row: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Logits after bias, penalties and an optional disallow-mask (True = banned).
+    def adjusted(self, row: np.ndarray, mask: np.ndarray | None = None,
+                 scale: float = 1.0) -> np.ndarray:
+        """Logits after bias, penalties and an optional disallow-mask (True = banned),
+        multiplied by `scale`. Sampling passes log2(e)/temperature, so the row is scaled
+        in the same pass that copies it; every transform commutes with a positive scale.
 
-        Returns `row` itself when nothing applies, else this thread's scratch row 0
+        Returns `row` itself when nothing applies, else this thread's scratch row
         (overwritten by the next call of any sampler on the thread).
         """
-        if not self._transforms and mask is None:
+        if not self._transforms and mask is None and scale == 1.0:
             return row
         p = self.params
-        x = self._scratch(0)
-        np.copyto(x, row)
+        x = _scratch_row(self.n_vocab)
+        k = np.float32(scale)
+        if scale == 1.0:
+            np.copyto(x, row)
+        else:
+            np.multiply(row, k, out=x)
         if len(self._bias_ids):
-            x[self._bias_ids] += self._bias_vals
+            x[self._bias_ids] += self._bias_vals * k
         if self._counts and (p.presence_penalty or p.frequency_penalty):
             ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
             cnt = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
-            x[ids] -= cnt * np.float32(p.frequency_penalty) + np.float32(p.presence_penalty)
+            x[ids] -= (cnt * np.float32(p.frequency_penalty) + np.float32(p.presence_penalty)) * k
         if self._seen:
             ids = np.fromiter(self._seen, dtype=np.int64, count=len(self._seen))
             v = x[ids]
@@ -123,37 +131,40 @@ class Sampler:
         return x
 
     def sample(self, row: np.ndarray, mask: np.ndarray | None = None) -> int:
-        """Pick the next token from a raw logits row."""
-        x = self.adjusted(row, mask)
-        if mask is not None and not np.isfinite(x.max()):
-            # logit_bias banned every token the grammar allows: the grammar wins.
-            x = np.where(mask, _NEG_INF, row)
+        """Pick the next token from a raw logits row.
+
+        Runs right after a decode has streamed the weights through the caches, so the
+        passes over the row are the cost: one pass copies and scales it, then max,
+        subtract, exp2 and block sums, all in one scratch row (see _draw).
+        """
         if self.greedy:
+            x = self.adjusted(row, mask)
+            if mask is not None and x.max() == _NEG_INF:
+                x = np.where(mask, _NEG_INF, row)  # see below: the grammar wins
             return _best_finite(x)
         p = self.params
+        scale = _LOG2_E / p.temperature
+        x = self.adjusted(row, mask, scale)
+        peak = _peak(x)
+        if mask is not None and peak == _NEG_INF:
+            # logit_bias banned every token the grammar allows: the grammar wins.
+            x = np.where(mask, _NEG_INF, row * np.float32(scale))
+            peak = _peak(x)
         u = self.rng.random()  # exactly one draw per token keeps seeded runs aligned
-        if 0 < p.top_k < self.n_vocab:
-            scaled = x / np.float32(p.temperature) if p.temperature != 1.0 else x
-            cand = top_ids(scaled, p.top_k)
-            logits = scaled[cand]
-        else:
-            # The whole row, worked on in place in a scratch row (see _scratch_rows).
-            cand = None
-            logits = self._scratch(1)
-            if p.temperature != 1.0:
-                np.divide(x, np.float32(p.temperature), out=logits)
-            else:
-                np.copyto(logits, x)
-        peak = logits.max()
         if not np.isfinite(peak):
             # Extreme penalties or biases overflowed the row: fall back to its best
             # finite token instead of sampling from NaNs.
             return _best_finite(x)
-        # float32 exp over the row (vectorised, ~6x cheaper than float64); the sums
-        # that decide the draw are accumulated in float64. Only the nucleus and min_p
-        # need the weights normalised; the draw itself takes them as they are.
-        probs = np.subtract(logits, peak, out=logits)
-        np.exp(probs, out=probs)
+        # Weights 2**(x - peak) with x in log2 units: float32 exp2 is vectorised and
+        # twice as fast as exp. The sums that decide the draw are accumulated in
+        # float64; only the nucleus and min_p need the weights normalised.
+        if 0 < p.top_k < self.n_vocab:
+            cand: np.ndarray | None = top_ids(x, p.top_k)
+            probs = np.exp2(x[cand] - peak)
+        else:
+            cand = None
+            probs = np.subtract(x, peak, out=_scratch_row(self.n_vocab) if x is row else x)
+            np.exp2(probs, out=probs)
         if p.top_p < 1.0:
             probs /= probs.sum(dtype=np.float64)
             cand, probs = _nucleus(cand, probs, p.top_p)
@@ -165,34 +176,36 @@ class Sampler:
         return int(cand[i]) if cand is not None else i
 
 
-_BLOCK = 256
 
 
 def _draw(weights: np.ndarray, u: float) -> int:
     """Inverse CDF at u of unnormalised weights, without a cumsum over the vocabulary.
 
     A float64 cumsum of 49k values is sequential (~0.7 ms here); block sums are
-    vectorised, so the cumsum runs over ~200 block totals and one 256-wide block.
+    vectorised, so the running sums cover ~200 block totals and one 256-wide block.
+    Sampling runs with every cache cold from the decode, where each distinct numpy
+    entry point costs ~20 us the first time: hence ufunc methods called directly,
+    and the same two (reduce, accumulate) for both levels.
     A zero weight is never drawn (the first index whose running sum exceeds the
     target always adds a positive weight).
     """
     n = weights.shape[0]
     if n <= 4 * _BLOCK:
-        cdf = np.cumsum(weights, dtype=np.float64)
+        cdf = _accumulate(weights, dtype=np.float64)
         return _first_above(cdf, u * cdf[-1], weights)
     n_blocks = -(-n // _BLOCK)
     padded = weights if n == n_blocks * _BLOCK else np.pad(weights, (0, n_blocks * _BLOCK - n))
-    sums = np.cumsum(padded.reshape(n_blocks, _BLOCK).sum(axis=1, dtype=np.float64))
+    blocks = padded.reshape(n_blocks, _BLOCK)
+    sums = _accumulate(_reduce(blocks, axis=1), dtype=np.float64)
     target = u * sums[-1]
     b = _first_above(sums, target, None)
-    block = padded[b * _BLOCK:(b + 1) * _BLOCK]
-    inner = np.cumsum(block, dtype=np.float64)
-    j = _first_above(inner, target - (sums[b - 1] if b else 0.0), block)
+    inner = _accumulate(blocks[b], dtype=np.float64)
+    j = _first_above(inner, target - (sums[b - 1] if b else 0.0), blocks[b])
     return min(b * _BLOCK + j, n - 1)
 
 
 def _first_above(cdf: np.ndarray, target: float, weights: np.ndarray | None) -> int:
-    i = int(np.searchsorted(cdf, target, side="right"))
+    i = int(cdf.searchsorted(target, side="right"))
     if i < cdf.shape[0]:
         return i
     # Rounding put the target at or past the end: take the last positive weight.
