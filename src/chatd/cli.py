@@ -23,6 +23,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: the model's training context, at most 8192)")
     p.add_argument("--kv-cells", type=int, default=None,
                    help="size of the shared KV cache in tokens (default: 4 x ctx-size)")
+    p.add_argument("--parked-cells", type=int, default=None,
+                   help="prefix-cache cells that may wait in host memory, out of the KV cache "
+                        "(default: kv-cells / 4; 0 drops idle entries instead)")
     p.add_argument("--max-sequences", type=int, default=8,
                    help="sequences decoded together in one step; more requests queue")
     p.add_argument("--batch-tokens", type=int, default=512, help="tokens per llama_decode call")
@@ -116,7 +119,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         keys += Settings.keys_from_file(args.api_key_file)
     return Settings(
         model=args.model, model_name=args.model_name, host=args.host, port=args.port,
-        ctx_size=args.ctx_size, kv_cells=args.kv_cells, max_sequences=args.max_sequences,
+        ctx_size=args.ctx_size, kv_cells=args.kv_cells, parked_cells=args.parked_cells,
+        max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
         threads=args.threads, kv_cache=args.kv_cache, max_n=args.max_n,
         max_body_bytes=args.max_body_bytes,

@@ -202,9 +202,10 @@ def fresh_server_url() -> Iterator[str]:
 
 def test_seed_reproducible_across_idle_kv_compaction(fresh_server_url: str,
                                                      model_id: str) -> None:
-    """Turn 2 of a chat, asked again after a burst of other requests: each time the
-    engine is idle it frees the cells earlier turns left behind (cutting back other
-    idle cache entries), and the next request's cells land in the freed range."""
+    """Turn 2 of a chat whose client kept only half of turn 1's reply: turn 1's
+    cells past the shared prefix become garbage, the idle engine frees them, and turn
+    2's cells land in the freed range. Asked again after a burst of other requests,
+    turn 2 still gives the same text."""
     import uuid
 
     client = openai.OpenAI(base_url=fresh_server_url + "/v1", api_key="x")
@@ -219,7 +220,10 @@ def test_seed_reproducible_across_idle_kv_compaction(fresh_server_url: str,
     tag = uuid.uuid4().hex
     first = client.chat.completions.create(**_seeded(
         model_id, f"Case {tag}: name a lighthouse.", 5)).choices[0].message.content
+    first = first[: len(first) // 2]
+    before = http.get("/health").json()["kv_compactions"]
     texts = [client.chat.completions.create(**turn2(first)).choices[0].message.content]
+    assert http.get("/health").json()["kv_compactions"] > before, "no compaction happened"
 
     async def burst() -> None:
         async with openai.AsyncOpenAI(base_url=fresh_server_url + "/v1",
@@ -230,7 +234,6 @@ def test_seed_reproducible_across_idle_kv_compaction(fresh_server_url: str,
     asyncio.run(burst())
     texts.append(client.chat.completions.create(**turn2(first)).choices[0].message.content)
     texts.append(client.chat.completions.create(**turn2(first)).choices[0].message.content)
-    assert http.get("/health").json()["kv_compactions"] > 0, "no compaction happened"
     assert texts[0] and texts.count(texts[0]) == 3, texts
 
 
@@ -264,3 +267,42 @@ def test_seed_reproducible_across_kv_repacks(fresh_server_url: str, model_id: st
     under_load = asyncio.run(beside_churn())
     assert http.get("/health").json()["kv_repacks"] > before, "no repack happened"
     assert under_load == solo
+
+
+def test_seed_reproducible_from_a_parked_prefix(fresh_server_url: str, model_id: str) -> None:
+    """While other requests decode, a chat's idle cache entry is moved out of the KV
+    cache into host memory; its next turn gets it copied back (reported as cached
+    tokens) and gives exactly the text it gave from the live cache."""
+    import uuid
+
+    tag = uuid.uuid4().hex
+    http = httpx.Client(base_url=fresh_server_url)
+    client = openai.OpenAI(base_url=fresh_server_url + "/v1", api_key="x")
+    history = f"Log {tag}: " + "The tide rose over the old stone pier at dusk. " * 25
+    first = client.chat.completions.create(
+        model=model_id, temperature=1.0, seed=3, max_tokens=20,
+        messages=[{"role": "user", "content": history}]).choices[0].message.content
+    turn2 = {"model": model_id, "temperature": 1.0, "seed": 4, "max_tokens": 30,
+             "messages": [{"role": "user", "content": history},
+                          {"role": "assistant", "content": first},
+                          {"role": "user", "content": "And then?"}]}
+    live = client.chat.completions.create(**turn2)
+    before = http.get("/health").json()
+
+    async def burst() -> None:
+        async with openai.AsyncOpenAI(base_url=fresh_server_url + "/v1",
+                                      api_key="x") as aclient:
+            await asyncio.gather(*(aclient.chat.completions.create(
+                model=model_id, temperature=1.0, seed=i, max_tokens=80,
+                logit_bias={"2": -100, "0": -100},
+                messages=[{"role": "user", "content": f"Other {tag} {i}: a word."}])
+                for i in range(6)))
+
+    asyncio.run(burst())
+    parked = http.get("/health").json()
+    assert parked["kv_parks"] > before["kv_parks"] and parked["kv_cells_parked"] > 0
+    again = client.chat.completions.create(**turn2)
+    after = http.get("/health").json()
+    assert after["kv_unparks"] == parked["kv_unparks"] + 1, "the entry was not restored"
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    assert again.choices[0].message.content == live.choices[0].message.content

@@ -58,7 +58,8 @@ def test_health_open_metrics_protected(ops_server: Server) -> None:
                  "chatd_completion_tokens_total", "chatd_queue_depth",
                  "chatd_running_sequences", "chatd_kv_cells_running",
                  "chatd_kv_cache_usage_ratio", "chatd_prefix_cache_hit_tokens_total",
-                 "chatd_kv_cells_allocated", "chatd_kv_repacks_total"):
+                 "chatd_kv_cells_allocated", "chatd_kv_repacks_total",
+                 "chatd_kv_cells_parked", "chatd_kv_parked_hits_total"):
         assert name in r.text, name
 
 

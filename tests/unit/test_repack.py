@@ -152,25 +152,68 @@ def test_no_repack_below_the_garbage_threshold() -> None:
     assert sched.repacks == 0 and kv.saves == 0
 
 
-def test_idle_entries_over_budget_are_dropped_while_others_run() -> None:
+def _park_two_old_entries(park_cells: int) -> tuple[Scheduler, SimKV, random.Random]:
+    """Two idle entries of 601 cells, then four requests running beside them: over the
+    in-cache budget, so a repack moves the entries out of the cache."""
     kv = SimKV()
     sched = Scheduler(kv, n_slots=8, kv_cells=4000, max_running=4, batch_tokens=64,
-                      prefill_chunk=64, repack_cells=1)
+                      prefill_chunk=64, repack_cells=1, park_cells=park_cells)
     rng = random.Random(3)
-    old = [make_group([400 + i] * 600, max_new=2) for i in range(2)]
-    for g in old:  # two idle entries of 602 cells: over the 1,024-cell budget beside 4
-        sched.add(g)
+    for i in range(2):
+        sched.add(make_group([400 + i] * 600, max_new=2))
         while sched.running or sched.waiting:
             step(sched, kv, rng)
-    runners = [make_group([500 + i] * 4, max_new=50) for i in range(4)]
-    for g in runners:
-        sched.add(g)
+    for i in range(4):
+        sched.add(make_group([500 + i] * 4, max_new=50))
     for _ in range(10):
         step(sched, kv, rng)
         check(sched, kv)
     assert sched.repacks >= 1
-    kept = [s for s in sched.slots if s.owner is None and s.tokens]
-    assert len(kept) == 1 and kept[0].tokens[0] == 401, "the most recent entry stays"
+    return sched, kv, rng
+
+
+def test_idle_entries_over_budget_leave_the_cache_most_recent_parked() -> None:
+    sched, kv, _ = _park_two_old_entries(park_cells=1000)
+    idle = [s for s in sched.slots if s.owner is None and s.tokens]
+    assert len(idle) == 1 and idle[0].tokens[0] == 401, "the most recent entry stays"
+    assert idle[0].parked is not None and idle[0].cells == [] and not kv.cells_of(idle[0].id)
+    assert sched.parked_cells() == 601  # 600 + 1 generated
+    # 400 was parked while 401's prompt ran, then dropped to make room for 401.
+    assert sched.parks == 2
+    assert max(c for s in sched.slots for c in s.cells) < 400, "attention scans no idle cells"
+
+
+def test_a_parked_entry_is_restored_for_the_next_turn_of_its_chat() -> None:
+    sched, kv, rng = _park_two_old_entries(park_cells=1000)
+    entry = next(s for s in sched.slots if s.parked is not None)
+    turn2 = make_group([*entry.tokens, 77, 78], max_new=5)
+    sched.add(turn2)
+    seq = turn2.seqs[0]
+    while seq.status is Status.WAITING:  # for a runner to finish
+        step(sched, kv, rng)
+        check(sched, kv)  # restored cells hold the entry's tokens, in position order
+    assert seq.slot == entry.id and seq.cached_tokens == 601 and sched.unparks == 1
+    assert entry.parked is None and sched.parked_cells() == 0
+    while sched.running or sched.waiting:
+        step(sched, kv, rng)
+        check(sched, kv)
+
+
+def test_a_request_sharing_only_a_prefix_does_not_restore_a_parked_entry() -> None:
+    sched, kv, rng = _park_two_old_entries(park_cells=1000)
+    other = make_group([401] * 5 + [9], max_new=3)  # 5 of the parked entry's 601 tokens
+    sched.add(other)
+    while other.seqs[0].status is Status.WAITING:
+        step(sched, kv, rng)
+        check(sched, kv)
+    assert other.seqs[0].cached_tokens == 0 and sched.unparks == 0
+    assert sched.parked_cells() == 601
+
+
+def test_parking_is_bounded_least_recent_dropped_first() -> None:
+    sched, _, _ = _park_two_old_entries(park_cells=500)
+    assert sched.parked_cells() == 0 and not any(
+        s.tokens for s in sched.slots if s.owner is None), "601 cells never fit in 500"
 
 
 def test_a_request_blocked_by_the_epoch_gets_in_by_a_repack_not_a_drain() -> None:

@@ -259,11 +259,11 @@ def test_idle_entries_above_mostly_garbage_are_cut_back() -> None:
     a = make_group([1, 2, 3, 4, 5, 6], max_new=30)
     sched.add(a)
     sched.admit()
-    _finish(sched, a, list(range(70, 90)))  # cells 0..25
+    _finish(sched, a, list(range(70, 76)))  # cells 0..11
     c = make_group([30, 31, 32])
     sched.add(c)
     sched.admit()
-    _finish(sched, c, [90])  # cells 26..29: the only live cells above a's tail
+    _finish(sched, c, [90])  # cells 12..15: the only live cells above a's tail
     b = make_group([1, 2, 3, 4, 5, 6, 70, 80])
     sched.add(b)
     assert sched.admit() == [b]
@@ -271,3 +271,24 @@ def test_idle_entries_above_mostly_garbage_are_cut_back() -> None:
     assert kv.ops[-1] == ("rm", sched.trash, 0, -1)
     assert not any(slot.tokens[:3] == [30, 31, 32] for slot in sched.slots), "c's entry is cut"
     assert all(cell < 7 for slot in sched.slots for cell in slot.cells)
+
+
+def test_a_prompt_sharing_only_the_start_leaves_the_entry_whole() -> None:
+    """Another user with the same system prompt shares those cells from a fresh slot;
+    the conversation's entry stays for its own next turn."""
+    sched, kv = make_scheduler()
+    a = make_group([1, 2, 3, 4, 5, 6, 7, 8])
+    sched.add(a)
+    sched.admit()
+    entry = sched.slots[a.seqs[0].slot]
+    _finish(sched, a, [70, 71, 72, 73])
+    b = make_group([1, 2, 3, 50, 51])  # shares 3 of the entry's 12 tokens
+    sched.add(b)
+    assert sched.admit() == [b]
+    assert b.seqs[0].slot != entry.id and b.seqs[0].cached_tokens == 3
+    assert ("cp", entry.id, b.seqs[0].slot, 0, 3) in kv.ops
+    assert entry.tokens == [1, 2, 3, 4, 5, 6, 7, 8, 70, 71, 72, 73] and entry.owner is None
+    c = make_group([1, 2, 3, 4, 5, 6, 7, 8, 70, 71, 72, 73, 9, 10])  # a's next turn
+    sched.add(c)
+    assert sched.admit() == [c]
+    assert c.seqs[0].slot == entry.id and c.seqs[0].cached_tokens == 12

@@ -66,6 +66,12 @@ class _LiveGauges(Collector):
         yield gauge("chatd_kv_cells_allocated",
                     "KV cells up to the allocation cursor, live or garbage: what attention "
                     "scans every step.", stats.get("kv_cells_allocated", 0))
+        yield gauge("chatd_kv_cells_parked",
+                    "Cells of prefix-cache entries parked in host memory (out of the KV "
+                    "cache, so attention does not scan them).", stats.get("kv_cells_parked", 0))
+        yield CounterMetricFamily("chatd_kv_parked_hits",
+                                  "Parked prefix-cache entries restored for a new request.",
+                                  value=stats.get("kv_unparks", 0))
         yield CounterMetricFamily("chatd_kv_repacks",
                                   "Times live KV cells were moved down to reclaim garbage "
                                   "while sequences ran.", value=stats.get("kv_repacks", 0))

@@ -38,6 +38,7 @@ class EngineConfig:
     batch_tokens: int = 512     # tokens in one llama_decode
     prefill_chunk: int = 64     # prompt tokens per step while others decode
     epoch_cells: int = 8192     # cells written before the KV cache is recycled
+    park_cells: int | None = None  # idle prefix cache in host memory (None: kv_cells / 4)
 
 
 class EngineStopped(RuntimeError):
@@ -96,6 +97,7 @@ class Engine:
             model, n_slots=config.n_slots, kv_cells=model.kv_cells,
             max_running=config.max_running, batch_tokens=config.batch_tokens,
             prefill_chunk=config.prefill_chunk, epoch_cells=config.epoch_cells,
+            park_cells=config.park_cells,
         )
         self._inbox: deque[Group] = deque()
         self._wake = threading.Event()
@@ -172,6 +174,9 @@ class Engine:
             "kv_epochs": self.scheduler.epochs,
             "kv_compactions": self.scheduler.compactions,
             "kv_repacks": self.scheduler.repacks,
+            "kv_cells_parked": self.scheduler.parked_cells(),
+            "kv_parks": self.scheduler.parks,
+            "kv_unparks": self.scheduler.unparks,
             "prefix_cache_hit_tokens": self.scheduler.prefix_hit_tokens,
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,

@@ -26,6 +26,13 @@ Policy:
   request starts from the longest common prefix found in any slot, sharing those
   cells (llama.cpp's unified cache makes a copy a reference) instead of
   recomputing them. Idle entries give up their slot least-recently-used first.
+- Idle entries cost decoding: every decoding row scans every cell below the
+  highest one in use (measured at B=1: ~2% of a step per 1,000 idle cells). So
+  while anything runs, a repack keeps at most `IDLE_CELLS_RUNNING` idle cells in
+  the cache and *parks* the other entries in host memory (their saved bytes),
+  most recently used first, up to `park_cells`. A request whose best prefix is
+  parked gets it restored at the allocation cursor (a memory copy, ~12 KB a cell
+  for SmolLM2) instead of recomputed.
 - Every step decodes one token for each running sequence plus prompt chunks of
   waiting ones, up to a token budget that is kept small while others decode so
   a long prompt cannot freeze their streams.
@@ -45,9 +52,8 @@ from chatd.engine.sequence import Group, Sequence, Status
 
 _clock = itertools.count()
 
-REPACK_CELLS = 256           # garbage cells that make a repack worth its ~1 ms
-IDLE_CELLS_IDLE = 4096       # idle prefix-cache cells a repack keeps beside one sequence
-IDLE_CELLS_UNDER_LOAD = 512  # ... and beside many (the budget is 4,096 / running)
+REPACK_CELLS = 256        # garbage cells that make a repack worth its ~1 ms
+IDLE_CELLS_RUNNING = 256  # idle prefix-cache cells a repack keeps in the cache
 
 
 class KVOps(Protocol):
@@ -67,6 +73,7 @@ class Slot:
     cells: list[int] = field(default_factory=list)  # KV cell of each token, ascending
     owner: Sequence | None = None
     last_used: int = 0
+    parked: Any = None  # saved cells of an idle entry moved out of the cache (cells == [])
 
 
 @dataclass
@@ -106,10 +113,16 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if diff.size else m
 
 
+def _continues(entry: Slot, shared: int) -> bool:
+    """Whether a prompt sharing `shared` tokens with a cache entry carries it on (a
+    chat's next turn) rather than only starting the same way (a system prompt)."""
+    return shared > 0 and 2 * shared >= len(entry.tokens)
+
+
 class Scheduler:
     def __init__(self, kv: KVOps, *, n_slots: int, kv_cells: int, max_running: int,
                  batch_tokens: int, prefill_chunk: int, epoch_cells: int | None = None,
-                 repack_cells: int = REPACK_CELLS) -> None:
+                 repack_cells: int = REPACK_CELLS, park_cells: int | None = None) -> None:
         self.kv = kv
         # Attention scans every cell up to the highest one in use, so an epoch stops
         # admitting once this many cells are written, even if the pool has room.
@@ -118,6 +131,10 @@ class Scheduler:
         self.trash = n_slots  # llama.cpp sequence id that holds detached cells
         self.scratch = n_slots + 1  # llama.cpp sequence id a repack stages tails in
         self.repack_cells = repack_cells
+        # Host memory for parked entries, in cells: a quarter of the cache by default.
+        self.park_cells = kv_cells // 4 if park_cells is None else park_cells
+        self.parks = 0
+        self.unparks = 0
         self._next_repack_check = repack_cells
         self.repacks = 0
         self.kv_cells = kv_cells
@@ -146,8 +163,12 @@ class Scheduler:
     def cells_in_use(self) -> tuple[int, int]:
         """(cells held by running sequences, cells held only as prefix cache)."""
         running = sum(len(s.tokens) for s in self.slots if s.owner)
-        idle = sum(len(s.tokens) for s in self.slots if not s.owner)
+        idle = sum(len(s.cells) for s in self.slots if not s.owner)
         return running, idle
+
+    def parked_cells(self) -> int:
+        """Cells of the prefix-cache entries parked in host memory."""
+        return sum(len(s.tokens) for s in self.slots if s.parked is not None)
 
     # ---- admission ----------------------------------------------------------------
 
@@ -179,7 +200,7 @@ class Scheduler:
         prompt = group.seqs[0].tokens
         max_new = group.request.params.max_new_tokens
         best_slot, best_len = self._best_prefix(prompt)
-        need = len(prompt) - best_len + n * max_new
+        need = self._cells_for(prompt, best_slot, best_len, n * max_new)
         if (self.committed_cells() + need > self.kv_cells
                 or self.allocated >= self.epoch_cells):
             if self.running:
@@ -187,15 +208,28 @@ class Scheduler:
             self._compact()
         if (self.committed_cells() + need > self.kv_cells
                 or self.allocated >= self.epoch_cells):
-            self._new_epoch()
-            best_slot, best_len = None, 0
-            need = len(prompt) + n * max_new
+            self._new_epoch()  # parked entries survive it: they hold no cells
+            best_slot, best_len = self._best_prefix(prompt)
+            need = self._cells_for(prompt, best_slot, best_len, n * max_new)
+            if need > self.kv_cells:
+                best_slot, best_len = None, 0
+                need = len(prompt) + n * max_new
             if need > self.kv_cells:
                 return False  # cannot happen: Engine.generate rejects what the pool cannot hold
-        # The leader reuses the best idle entry in place when it is idle.
-        leader_slot = best_slot if best_slot is not None and best_slot.owner is None else None
+        if best_slot is not None and best_slot.parked is not None:
+            if not self.running:
+                self._compact()  # so the restored cells land as low as they can
+            self._unpark(best_slot)
+        # The leader takes the best entry over when it is idle and this prompt continues
+        # it; a prompt that only shares its beginning (a system prompt) gets a fresh
+        # slot and shares those cells, and the entry stays for whoever continues it.
+        leader_slot = (best_slot if best_slot is not None and best_slot.owner is None
+                       and _continues(best_slot, best_len) else None)
         chosen = [leader_slot] if leader_slot else []
-        chosen += [s for s in idle if s is not leader_slot][: n - len(chosen)]
+        fresh = [s for s in idle if s is not best_slot]
+        if len(fresh) < n - len(chosen):
+            fresh = [s for s in idle if s is not leader_slot]
+        chosen += fresh[: n - len(chosen)]
         leader = group.seqs[0]
         self._bind(leader, chosen[0], best_slot, best_len)
         leader.status = Status.PREFILL
@@ -217,24 +251,42 @@ class Scheduler:
 
     def _best_prefix(self, prompt: list[int]) -> tuple[Slot | None, int]:
         """The longest cached prefix anywhere (idle or running slots), keeping >= 1
-        token to prefill so the last prompt position yields logits."""
+        token to prefill so the last prompt position yields logits.
+
+        A parked entry counts only for a prompt that continues it (it is restored
+        whole, then taken over), and loses ties to entries in the cache.
+        """
         best_slot, best_len = None, 0
         for slot in self.slots:
             length = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
-            if length > best_len:
+            if slot.parked is not None:
+                if length > best_len and _continues(slot, length):
+                    best_slot, best_len = slot, length
+            elif length > best_len or (length == best_len > 0 and best_slot is not None
+                                       and best_slot.parked is not None):
                 best_slot, best_len = slot, length
         return best_slot, best_len
 
     def _cells_needed(self, group: Group) -> int:
         prompt = group.seqs[0].tokens
-        _, reuse = self._best_prefix(prompt)
-        return len(prompt) - reuse + len(group.seqs) * group.request.params.max_new_tokens
+        slot, reuse = self._best_prefix(prompt)
+        return self._cells_for(prompt, slot, reuse,
+                               len(group.seqs) * group.request.params.max_new_tokens)
+
+    @staticmethod
+    def _cells_for(prompt: list[int], slot: Slot | None, reuse: int, new: int) -> int:
+        """Cells an admission writes: the prompt past the reused prefix, the new tokens,
+        and a parked entry's cells, which are restored whole before anything reuses
+        them (the part past the prefix then goes to the trash)."""
+        restored = len(slot.tokens) if slot is not None and slot.parked is not None else 0
+        return restored + len(prompt) - reuse + new
 
     def _new_epoch(self) -> None:
         """Nothing runs: free every cell at once, so allocation restarts at cell 0."""
         self.kv.clear()
         for slot in self.slots:
-            slot.tokens = []
+            if slot.parked is None:
+                slot.tokens = []
             slot.cells = []
         self.allocated = 0
         self._trash_low = None
@@ -302,7 +354,7 @@ class Scheduler:
         covered: set[int] = set()
         for slot in running:
             covered.update(slot.cells)
-        budget = max(IDLE_CELLS_UNDER_LOAD, IDLE_CELLS_IDLE // max(1, len(self.running)))
+        budget = IDLE_CELLS_RUNNING
         if head is not None:
             # The waiting request needs the room more than idle cache entries do.
             reserved = self.committed_cells() - self.allocated
@@ -320,13 +372,9 @@ class Scheduler:
         return True
 
     def _idle_to_keep(self, covered: set[int], budget: int) -> list[Slot]:
-        """Idle prefix-cache entries a repack keeps: most recently used first, while
-        the cells they add to `covered` (updated) stay within `budget`.
-
-        The budget shrinks as more sequences run (4,096 cells beside one, 512 beside
-        eight or more): an idle cell costs every running sequence a cell of
-        attention on every step.
-        """
+        """Idle prefix-cache entries a repack keeps in the cache: most recently used
+        first, while the cells they add to `covered` (updated) stay within `budget`.
+        The others are parked by `_repack`, within `park_cells`."""
         kept = []
         idle = sorted((s for s in self.slots if s.owner is None and s.cells),
                       key=lambda s: s.last_used, reverse=True)
@@ -361,13 +409,20 @@ class Scheduler:
             else:
                 data = self.kv.seq_save(slot.id)
             saved.append((slot, parent, shared, data))
+        kept_ids = {id(s) for s in keep}
+        leaving = sorted((s for s in self.slots
+                          if s.owner is None and s.cells and id(s) not in kept_ids),
+                         key=lambda s: s.last_used, reverse=True)
+        for slot in leaving:
+            if self._park_room(slot):
+                slot.parked = self.kv.seq_save(slot.id)
+                self.parks += 1
         # Nothing has changed yet; from here on the cache is rebuilt.
         self.kv.clear()
-        kept_ids = {id(s) for s in keep}
-        for slot in self.slots:
-            if slot.owner is None and id(slot) not in kept_ids:  # idle, over the budget
+        for slot in leaving:
+            slot.cells = []
+            if slot.parked is None:  # no room in host memory either: dropped
                 slot.tokens = []
-                slot.cells = []
         self.allocated = 0
         for slot, parent, shared, data in saved:
             cells = parent.cells[:shared] if parent is not None else []
@@ -387,6 +442,33 @@ class Scheduler:
         self._trash_low = None
         self._next_repack_check = self.allocated + self.repack_cells
         self.repacks += 1
+
+    def _park_room(self, entry: Slot) -> bool:
+        """Make room to park `entry` by dropping parked entries used less recently than
+        it, least recent first; False when even that leaves too little room."""
+        parked = sorted((s for s in self.slots if s.parked is not None),
+                        key=lambda s: s.last_used)
+        total = sum(len(s.tokens) for s in parked)
+        older = [s for s in parked if s.last_used < entry.last_used]
+        if total - sum(len(s.tokens) for s in older) + len(entry.tokens) > self.park_cells:
+            return False
+        for slot in older:
+            if total + len(entry.tokens) <= self.park_cells:
+                break
+            total -= len(slot.tokens)
+            slot.parked = None
+            slot.tokens = []
+        return True
+
+    def _unpark(self, slot: Slot) -> None:
+        """Restore a parked entry's cells at the allocation cursor, in position order
+        and byte for byte (what a repack does), so it can be reused like any other."""
+        count = len(slot.tokens)
+        self.kv.seq_restore(slot.parked, slot.id)
+        slot.parked = None
+        slot.cells = list(range(self.allocated, self.allocated + count))
+        self.allocated += count
+        self.unparks += 1
 
     def _bind(self, seq: Sequence, slot: Slot, source: Slot | None, reuse: int) -> None:
         """Give `seq` its slot, keeping `reuse` prompt tokens from `source`'s cells."""
@@ -409,6 +491,10 @@ class Scheduler:
     def _detach(self, slot: Slot, start: int) -> None:
         """Drop the slot's tokens from `start` on without freeing their cells (see the
         module docstring): they move to the trash sequence until the epoch ends."""
+        if slot.parked is not None:  # no cells to move; restored whole or not at all
+            slot.parked = None
+            slot.tokens = []
+            return
         if len(slot.tokens) > start:
             self.kv.seq_copy(slot.id, self.trash, start, -1)
             self.kv.seq_remove(slot.id, start, -1)
