@@ -255,6 +255,8 @@ async def soak(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         "rss_growth_pct": round(100 * growth, 2) if growth is not None else None,
         "kv_cells_running_at_rest": rest.get("kv_cells_running"),
         "kv_cells_cached_at_rest": rest.get("kv_cells_cached"),
+        "kv_cells_parked_at_rest": rest.get("kv_cells_parked"),
+        "kv_parks": rest.get("kv_parks"), "kv_unparks": rest.get("kv_unparks"),
         "running_sequences_at_rest": rest.get("running_sequences"),
         "kv_repacks": rest.get("kv_repacks"), "kv_compactions": rest.get("kv_compactions"),
         "kv_epochs": rest.get("kv_epochs"),
