@@ -69,8 +69,7 @@ def build_runtime(settings: Settings) -> Runtime:
     kv_cells = settings.kv_cells or 4 * ctx_size
     if kv_cells < ctx_size:
         raise ConfigError(f"--kv-cells {kv_cells} must be at least --ctx-size {ctx_size}")
-    parked_cells = kv_cells // 4 if settings.parked_cells is None else settings.parked_cells
-    if parked_cells < 0:
+    if settings.parked_cells is not None and settings.parked_cells < 0:
         raise ConfigError("--parked-cells must be 0 or more")
     if settings.max_sequences < 1:
         raise ConfigError("--max-sequences must be at least 1")
@@ -88,7 +87,7 @@ def build_runtime(settings: Settings) -> Runtime:
     engine = Engine(model, EngineConfig(
         max_running=settings.max_sequences, n_slots=n_slots, ctx_size=ctx_size,
         batch_tokens=batch_tokens, prefill_chunk=max(1, settings.prefill_chunk),
-        epoch_cells=max(ctx_size, 8192), park_cells=parked_cells))
+        epoch_cells=max(ctx_size, 8192), park_cells=settings.parked_cells))
     template_source = info.chat_template
     if template_source is None:
         log.warning("%s has no chat template in its metadata; using the built-in ChatML "
