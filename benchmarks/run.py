@@ -170,8 +170,9 @@ async def _paired_c1(url: str, args: argparse.Namespace, ban: list[int],
     over rounds is reported.
 
     Each round also runs the same requests without streaming (in alternating order):
-    the engine's work per token is the same, but no SSE chunk is sent or read, so
-    the two ratios split the gap into the engine's share and the per-token HTTP share.
+    the engine's work and its per-token hand-off to the event loop are the same, but
+    no SSE chunk is formatted, sent or read, so the two ratios split the gap into the
+    engine's share and the share of streaming.
 
     Also the CPU that streaming costs per token: the server's event loop and this
     load generator. llama.cpp keeps both cores busy at B=1, so this CPU is taken
@@ -457,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{paired['ceiling_tokens_per_s']} tok/s, ratio {paired['ratio']} "
                   "(geometric mean; target >= 0.95)")
             print(f"  the same requests without streaming: ratio {paired['json_ratio']} "
-                  "(the engine's share of the gap; the rest is per-token HTTP)")
+                  "(the engine's share of the gap; the rest is the cost of streaming)")
             print(f"  CPU per token taken from decoding: server event loop "
                   f"{paired['server_event_loop_cpu_ms_per_token']} ms, load generator "
                   f"{paired['client_cpu_ms_per_token']} ms")
