@@ -1,4 +1,5 @@
-"""A client that drops a stream mid-way must not wedge or leak a sequence."""
+"""A client that goes away (mid-stream, or while waiting for a non-streaming answer)
+must not wedge the server or leave its generation running."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 pytestmark = pytest.mark.timeout(90)
@@ -96,3 +98,28 @@ def test_repeated_disconnects(server_url: str, http: httpx.Client, model_id: str
     _, body = _health(http)
     if _running_counter(body) is not None:
         assert _wait_idle(http, 3.0) == 0
+
+
+def _tokens_generated(http: httpx.Client) -> int:
+    _, body = _health(http)
+    return int(body["tokens_generated"])
+
+
+def test_non_streaming_client_timeout_cancels_its_generation(
+        http: httpx.Client, client: openai.OpenAI, model_id: str) -> None:
+    """The official client gives up after its timeout (then retries): the abandoned
+    generation must stop, not run to max_tokens beside the retry."""
+    _wait_idle(http, 30)
+    impatient = client.with_options(timeout=1.5, max_retries=0)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(
+            model=model_id, max_tokens=2000, temperature=1.0,
+            logit_bias={"2": -100, "0": -100},  # never ends on its own
+            messages=[{"role": "user", "content": "Write a very long story."}])
+    assert _wait_idle(http, 3.0) == 0, "the abandoned request is still generating"
+    settled = _tokens_generated(http)
+    time.sleep(0.5)
+    assert _tokens_generated(http) == settled
+    assert_ok = http.post("/v1/chat/completions", timeout=30, json={
+        "model": model_id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+    assert assert_ok.status_code == 200, assert_ok.text

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from chatd.api.context import ServerContext, context
+from chatd.api.disconnect import ClientGone, unless_disconnected
 from chatd.api.errors import APIError, sse_error_event
 from chatd.api.protocol import (
     SSE_DONE,
@@ -37,6 +38,8 @@ from chatd.chat.service import PreparedChat, UsageCount
 
 log = logging.getLogger("chatd.api")
 router = APIRouter()
+# nginx's status for "the client closed the connection before the response".
+CLIENT_CLOSED_REQUEST = 499
 
 
 @router.post("/v1/chat/completions")
@@ -51,14 +54,21 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         prepared = await chat.prepare(body)
     except ChatRequestError as exc:
         raise APIError.from_chat_error(exc) from exc
-    await ctx.gate.admit(request, prepared)  # tokens per minute: 429; queue: 503
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
-    if body.stream:
-        events = _sse(ctx, prepared, body, completion_id, created)
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache"})
-    return await _complete(ctx, prepared, body, completion_id, created)
+    try:
+        if body.stream:
+            # Once streaming, Starlette notices a disconnect; while queued, we must.
+            await unless_disconnected(request.receive, ctx.gate.admit(request, prepared))
+            events = _sse(ctx, prepared, body, completion_id, created)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
+        return await unless_disconnected(
+            request.receive, _admit_and_complete(ctx, request, prepared, body, completion_id,
+                                                 created))
+    except ClientGone:
+        log.info("client disconnected before the response; its generation was cancelled")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it: for the logs
 
 
 def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
@@ -69,6 +79,13 @@ def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
 
 def _usage(count: UsageCount) -> Usage:
     return Usage.from_counts(count.prompt_tokens, count.completion_tokens, count.cached_tokens)
+
+
+async def _admit_and_complete(ctx: ServerContext, request: Request, prepared: PreparedChat,
+                              body: ChatCompletionRequest, completion_id: str,
+                              created: int) -> Response:
+    await ctx.gate.admit(request, prepared)  # tokens per minute: 429; queue: 503
+    return await _complete(ctx, prepared, body, completion_id, created)
 
 
 async def _complete(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionRequest,
