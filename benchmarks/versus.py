@@ -2,10 +2,11 @@
 
 chatd's claim is to serve more than llama-server on the same machine. This measures
 it: both servers run side by side on the bundled model with the same threads, KV
-pool size and type, flash attention, unified KV cache and parallel sequences, and
-the same closed-loop load generator drives them in alternating rounds (ABBA...), so
-a neighbour's burst on a shared machine hits both. Each round's chatd / llama-server
-ratio is taken, and the geometric mean over rounds is reported.
+pool size and type, flash attention, unified KV cache, parallel sequences and
+sampling, and the same closed-loop load generator drives them in alternating rounds
+(AB, BA, AB, ...), so a neighbour's burst on a shared machine hits both. Each
+round's chatd / llama-server ratio is taken, and the geometric mean over rounds is
+reported.
 
 At concurrency 1 both servers are also driven without streaming: the gap between a
 server's streaming and non-streaming rate is what its per-token HTTP work costs.
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import llama_cpp as lc
 
 from benchmarks.ceiling import special_token_ids
 from benchmarks.run import _free_port, _tail, chatd_server
@@ -49,8 +51,8 @@ from chatd.config import Settings
 from chatd.engine.llama import KV_CACHE_TYPE, default_threads
 from chatd.models.registry import bundled_model_path, default_model_name
 
-# llama.cpp's names for the KV cache types chatd may use (ggml_type values).
-_KV_TYPE_NAMES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}
+# llama-server's names for the KV cache types chatd may use.
+_KV_TYPE_NAMES = {lc.GGML_TYPE_F16: "f16", lc.GGML_TYPE_Q8_0: "q8_0"}
 N_BATCH = Settings.batch_tokens  # chatd serve's default tokens per llama_decode
 
 
@@ -58,24 +60,34 @@ def _health(base: str) -> dict[str, Any]:
     return httpx.get(f"{base}/health", timeout=5.0).json()
 
 
+# OpenAI's sampling: the whole distribution at the request's temperature. llama-server's
+# own defaults truncate it (top_k 40, top_p 0.95, min_p 0.05), which is less work per
+# token (measured after a decode: ~110 us against ~475 us for its full-distribution
+# chain) and a different distribution from the one an OpenAI request asks for.
+OPENAI_SAMPLING = ["--top-k", "0", "--top-p", "1.0", "--min-p", "0.0"]
+
+
 def llama_server_command(binary: Path, model: Path, alias: str, port: int, threads: int,
-                         kv_cells: int, parallel: int) -> list[str]:
+                         kv_cells: int, parallel: int, own_sampling: bool = False) -> list[str]:
     """llama-server's flags for what chatd's engine does (see chatd.engine.llama):
     one unified KV pool of `kv_cells` in chatd's KV type, flash attention, 512-token
-    batches, the same threads for decode and prompt processing."""
+    batches, the same threads for decode and prompt processing, and unless
+    `own_sampling`, OpenAI's sampling defaults."""
     kv_type = _KV_TYPE_NAMES[KV_CACHE_TYPE]
     return [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
             "-t", str(threads), "-tb", str(threads), "-c", str(kv_cells), "-np", str(parallel),
             "--kv-unified", "-fa", "on", "-ctk", kv_type, "-ctv", kv_type,
-            "-b", str(N_BATCH), "-ub", str(N_BATCH), "--no-webui", "--alias", alias]
+            "-b", str(N_BATCH), "-ub", str(N_BATCH), "--no-webui", "--alias", alias,
+            *([] if own_sampling else OPENAI_SAMPLING)]
 
 
 @contextlib.contextmanager
 def llama_server(binary: Path, model: Path, alias: str, threads: int, kv_cells: int,
-                 parallel: int, timeout: float) -> Iterator[str]:
+                 parallel: int, timeout: float, own_sampling: bool = False) -> Iterator[str]:
     """Start llama-server with chatd's engine settings; yield its base URL."""
     port = _free_port()
-    cmd = llama_server_command(binary, model, alias, port, threads, kv_cells, parallel)
+    cmd = llama_server_command(binary, model, alias, port, threads, kv_cells, parallel,
+                               own_sampling)
     log_path = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
     print(f"starting: {' '.join(cmd)}  (log: {log_path})", flush=True)
     with log_path.open("wb") as log:
@@ -179,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequences", type=int, default=16,
                    help="chatd --max-sequences and llama-server -np")
     p.add_argument("--threads", type=int, default=0, help="default: physical cores")
+    p.add_argument("--llama-server-sampling", choices=("openai", "own"), default="openai",
+                   help="openai: the whole distribution, as chatd and OpenAI sample "
+                        "(default); own: llama-server's truncating defaults")
     p.add_argument("--startup-timeout", type=float, default=120.0)
     p.add_argument("--json", dest="json_path", help="write every figure as JSON to this path")
     return p
@@ -201,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     with chatd_server(serve) as (chatd_base, _pid):
         kv_cells = int(_health(chatd_base)["kv_cells_total"])
         doc["kv_cells"] = kv_cells
+        doc["llama_server_sampling"] = args.llama_server_sampling
         with llama_server(args.llama_server, model, alias, threads, kv_cells,
-                          args.max_sequences, args.startup_timeout) as ls_base:
+                          args.max_sequences, args.startup_timeout,
+                          own_sampling=args.llama_server_sampling == "own") as ls_base:
             urls = {"chatd": f"{chatd_base}/v1", "llama-server": f"{ls_base}/v1"}
             for conc in args.concurrency:
                 modes = (True, False) if conc == 1 else (True,)
@@ -210,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                     doc["rows"].append(run_client(
                         _rounds(urls, alias, conc, stream, args.rounds, args, ban)))
     print(f"\nchatd vs {doc['llama_server_version']}, {threads} threads, {kv_cells} KV "
-          f"cells, {args.max_sequences} parallel, {args.max_tokens} tokens per request; "
+          f"cells, {args.max_sequences} parallel, {args.max_tokens} tokens per request, "
+          f"llama-server sampling: {args.llama_server_sampling}; "
           f"ratio = geometric mean over {args.rounds} alternating rounds")
     print(_format(doc["rows"]))
     if any(row[n]["short_requests"] for row in doc["rows"] for n in ("chatd", "llama-server")):

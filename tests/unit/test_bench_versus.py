@@ -23,6 +23,12 @@ def test_llama_server_gets_chatds_engine_settings() -> None:
     assert "--kv-unified" in cmd and _flag(cmd, "-fa") == "on"
     assert _flag(cmd, "-ctk") == _flag(cmd, "-ctv") == Settings.kv_cache == "q8_0"
     assert _flag(cmd, "-b") == _flag(cmd, "-ub") == str(Settings.batch_tokens)
+    # Sampling as an OpenAI request asks (and chatd does): no truncation by default.
+    assert _flag(cmd, "--top-k") == "0" and _flag(cmd, "--top-p") == "1.0"
+    assert _flag(cmd, "--min-p") == "0.0"
+    own = llama_server_command(Path("/x/llama-server"), Path("/m.gguf"), "M", 8080,
+                               threads=2, kv_cells=32768, parallel=16, own_sampling=True)
+    assert "--top-k" not in own and "--min-p" not in own
 
 
 def test_table_shows_both_servers_and_the_ratio() -> None:
