@@ -62,13 +62,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_healthy(name: str, base: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     """Poll GET /health until 200; fail early if the server process dies."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"chatd serve exited with code {proc.returncode} during start-up")
+            raise RuntimeError(f"{name} exited with code {proc.returncode} during start-up")
         try:
             resp = httpx.get(f"{base}/health", timeout=2.0)
             if resp.status_code == 200:
@@ -77,7 +77,7 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float) -> N
         except httpx.HTTPError as exc:
             last = type(exc).__name__
         time.sleep(0.5)
-    raise RuntimeError(f"chatd serve not healthy after {timeout:.0f}s ({last})")
+    raise RuntimeError(f"{name} not healthy after {timeout:.0f}s ({last})")
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -88,31 +88,24 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def chatd_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
-    """Start `chatd serve` on a free port; yield its base URL and pid; SIGTERM (then
-    kill) it."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(port), "--host", "127.0.0.1",
-           "--max-sequences", str(args.max_sequences)]
-    if args.model:
-        cmd += ["--model", str(args.model)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    for extra in args.serve_arg:
-        cmd += extra.split()
-    log_path = Path(tempfile.mkstemp(prefix="chatd-bench-", suffix=".log")[1])
-    print(f"starting: {' '.join(cmd[1:])}  (log: {log_path})", flush=True)
+def server_process(name: str, cmd: list[str], port: int,
+                   timeout: float) -> Iterator[tuple[str, int]]:
+    """Run a server command that listens on 127.0.0.1:`port`; yield its base URL and
+    pid once GET /health answers; SIGTERM (then kill) it. Its output goes to a log
+    file whose tail is printed if it fails to start."""
+    log_path = Path(tempfile.mkstemp(prefix=f"{name.split()[0]}-bench-", suffix=".log")[1])
+    print(f"starting: {' '.join(cmd)}  (log: {log_path})", flush=True)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         started = time.monotonic()
         try:
-            _wait_healthy(base, proc, args.startup_timeout)
+            _wait_healthy(name, base, proc, timeout)
         except RuntimeError:
             print(_tail(log_path), file=sys.stderr)
             raise
-        print(f"server healthy after {time.monotonic() - started:.1f}s", flush=True)
+        print(f"{name} healthy after {time.monotonic() - started:.1f}s", flush=True)
         yield base, proc.pid
     finally:
         if proc.poll() is None:
@@ -122,6 +115,22 @@ def chatd_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def chatd_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
+    """Start `chatd serve` on a free port; yield its base URL and pid."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(port), "--host", "127.0.0.1",
+           "--max-sequences", str(args.max_sequences)]
+    if args.model:
+        cmd += ["--model", str(args.model)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    for extra in args.serve_arg:
+        cmd += extra.split()
+    with server_process("chatd serve", cmd, port, args.startup_timeout) as served:
+        yield served
 
 
 async def _drive(url: str, args: argparse.Namespace, ban: list[int]) -> list[LoadResult]:

@@ -27,8 +27,6 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ import httpx
 import llama_cpp as lc
 
 from benchmarks.ceiling import special_token_ids
-from benchmarks.run import _free_port, _tail, chatd_server
+from benchmarks.run import _free_port, chatd_server, server_process
 from chatd.bench.loadgen import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_TOKENS,
@@ -88,31 +86,8 @@ def llama_server(binary: Path, model: Path, alias: str, threads: int, kv_cells: 
     port = _free_port()
     cmd = llama_server_command(binary, model, alias, port, threads, kv_cells, parallel,
                                own_sampling)
-    log_path = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
-    print(f"starting: {' '.join(cmd)}  (log: {log_path})", flush=True)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                print(_tail(log_path), file=sys.stderr)
-                raise RuntimeError(f"llama-server exited with code {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama-server not healthy after {timeout:.0f}s")
-            time.sleep(0.5)
+    with server_process("llama-server", cmd, port, timeout) as (base, _pid):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _version(binary: Path) -> str:
