@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -38,13 +38,29 @@ async def serve(handler: Handler) -> tuple[asyncio.Server, str]:
     return server, f"http://127.0.0.1:{port}/v1"
 
 
+class Collect:
+    """A sink that keeps what it is given, as the connection gives it."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.pieces: list[bytes] = []
+
+    def start(self, status: int) -> None:
+        self.statuses.append(status)
+
+    def feed(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.pieces)
+
+
 async def body_of(conn: PlainConnection, path: str = "/x") -> tuple[int, bytes]:
-    status, body = await conn.post(path, b"{}")
-    return status, b"".join([piece async for piece in body])
-
-
-async def collect(body: AsyncIterator[bytes]) -> list[bytes]:
-    return [piece async for piece in body]
+    sink = Collect()
+    status = await conn.post(path, b"{}", sink)
+    assert sink.statuses == [status]
+    return status, sink.body
 
 
 def chunked(*pieces: bytes) -> bytes:
@@ -74,9 +90,9 @@ async def test_chunked_body_split_at_every_awkward_boundary() -> None:
     async with server:
         conn = PlainConnection(url, {"Authorization": "Bearer k"}, timeout=5)
         for _ in range(2):  # the same kept-alive connection twice
-            status, body = await conn.post("/chat/completions", b'{"a": 1}')
-            assert status == 200
-            assert b"".join(await collect(body)) == b"data: a\n\ndata: bb\n\n" + b"x" * 70000
+            sink = Collect()
+            assert await conn.post("/chat/completions", b'{"a": 1}', sink) == 200
+            assert sink.body == b"data: a\n\ndata: bb\n\n" + b"x" * 70000
         await conn.aclose()
     assert [s[0] for s in seen] == ["POST /v1/chat/completions HTTP/1.1"] * 2
     assert seen[0][1] == b'{"a": 1}'
@@ -138,13 +154,10 @@ async def test_a_stalled_stream_times_out() -> None:
     server, url = await serve(handler)
     async with server:
         conn = PlainConnection(url, {}, timeout=0.3)
-        status, body = await conn.post("/x", b"{}")
-        assert status == 200
-        pieces = []
+        sink = Collect()
         with pytest.raises(TimeoutError):
-            async for piece in body:
-                pieces.append(piece)
-        assert pieces == [b"hello"]
+            await conn.post("/x", b"{}", sink)
+        assert sink.statuses == [200] and sink.body == b"hello"
         await conn.aclose()
 
 
@@ -153,7 +166,7 @@ async def test_garbage_is_an_error_not_a_hang() -> None:
     async with server:
         conn = PlainConnection(url, {}, timeout=5)
         with pytest.raises(PlainHTTPError):
-            await conn.post("/x", b"{}")
+            await conn.post("/x", b"{}", Collect())
         await conn.aclose()
 
 
@@ -200,3 +213,75 @@ async def test_no_content_has_no_body_to_wait_for() -> None:
         assert await body_of(conn) == (204, b"")
         assert await body_of(conn) == (204, b"")  # and the connection is still usable
         await conn.aclose()
+
+
+async def test_one_chunk_per_read_and_chunks_that_contain_crlf() -> None:
+    """A stream's usual shape: each read is one whole chunk (size line, data, CRLF)."""
+    pieces = [b"data: 1\r\n\r\n", b"\r\n0\r\n\r\n", b"x" * 300, b"last"]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await read_request(reader)  # the connection was kept for a second request
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server, url = await serve(handler)
+    async with server:
+        conn = PlainConnection(url, {}, timeout=5)
+        sink = Collect()
+        assert await conn.post("/x", b"{}", sink) == 200
+        assert sink.pieces == pieces
+        assert await body_of(conn) == (200, b"ok")
+        await conn.aclose()
+
+
+async def test_a_stream_refused_with_an_error_status_reports_its_body() -> None:
+    reply = (b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n'
+             b'Content-Length: 35\r\n\r\n{"error": {"message": "bad things"}}')
+    server, url = await serve(replying(reply[:-1]))
+    async with server:
+        conn = PlainConnection(url, {}, timeout=5)
+        result = RequestResult(client=0, index=0, start=0.0)
+        await _send_stream_plain(conn, "/chat/completions", {"stream": True}, result)
+        await conn.aclose()
+    assert result.error == 'HTTP 400: {"error": {"message": "bad things"}'
+    assert result.ttft is None and result.content_chunks == 0
+
+
+async def test_a_request_cancelled_mid_body_spends_its_connection() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        if connections == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            await writer.drain()
+            await asyncio.sleep(5)  # the rest never comes in time
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server, url = await serve(handler)
+    async with server:
+        conn = PlainConnection(url, {}, timeout=5)
+        sink = Collect()
+        task = asyncio.create_task(conn.post("/x", b"{}", sink))
+        while not sink.pieces:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await body_of(conn) == (200, b"ok")  # not the rest of the first body
+        await conn.aclose()
+    assert connections == 2

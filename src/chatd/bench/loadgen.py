@@ -25,7 +25,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -306,46 +306,56 @@ async def _send_stream(
             body = (await resp.aread()).decode("utf-8", errors="replace")
             result.error = f"HTTP {resp.status_code}: {body[:200]}"
             return
-        await _read_sse(resp.aiter_text(), result)
+        sink = _SSESink(result)
+        async for piece in resp.aiter_bytes():
+            sink.feed(piece)
+        sink.close()
 
 
 async def _send_stream_plain(
     conn: PlainConnection, url: str, payload: dict[str, Any], result: RequestResult
 ) -> None:
     """`_send_stream` over a PlainConnection (the cheap client; see chatd.bench.plainhttp)."""
-    status, body = await conn.post(url, json.dumps(payload).encode())
-    try:
-        if status != 200:
-            data = b"".join([piece async for piece in body])
-            result.error = f"HTTP {status}: {data.decode('utf-8', 'replace')[:200]}"
+    sink = _SSESink(result)
+    status = await conn.post(url, json.dumps(payload).encode(), sink)
+    if status != 200:
+        result.error = f"HTTP {status}: {sink.error_text()[:200]}"
+        return
+    sink.close()
+
+
+class _SSESink:
+    """Folds a streamed body into a RequestResult as each network read arrives (for
+    a PlainConnection, inside its callback); an error status's body is kept instead."""
+
+    def __init__(self, result: RequestResult) -> None:
+        self.result = result
+        self.ok = True
+        self.done = False
+        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._events = SSEDecoder()
+        self._raw = bytearray()
+
+    def start(self, status: int) -> None:
+        self.ok = status == 200
+
+    def feed(self, data: bytes) -> None:
+        if not self.ok:
+            self._raw += data[:1000 - len(self._raw)]
             return
-        await _read_sse(_utf8(body), result)
-    except BaseException:
-        await conn.aclose()  # the body was not read to its end: the connection is spent
-        raise
-
-
-async def _utf8(pieces: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Decode a byte stream whose characters may be split between pieces."""
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    async for piece in pieces:
-        yield text.decode(piece)
-    if tail := text.decode(b"", final=True):
-        yield tail
-
-
-async def _read_sse(texts: AsyncIterator[str], result: RequestResult) -> None:
-    """Fold a stream's SSE events into `result`, timing each network read."""
-    decoder = SSEDecoder()
-    done = False
-    async for text in texts:
         now = time.perf_counter()  # events of one network read arrive together
-        for ev in decoder.feed(text):
-            done = apply_event(result, ev, now) or done
-    for ev in decoder.close():
-        done = apply_event(result, ev, time.perf_counter()) or done
-    if result.error is None and not done:
-        result.error = "stream ended without data: [DONE]"
+        for ev in self._events.feed(self._text.decode(data)):
+            self.done = apply_event(self.result, ev, now) or self.done
+
+    def close(self) -> None:
+        now = time.perf_counter()
+        for ev in self._events.feed(self._text.decode(b"", final=True)) + self._events.close():
+            self.done = apply_event(self.result, ev, now) or self.done
+        if self.result.error is None and not self.done:
+            self.result.error = "stream ended without data: [DONE]"
+
+    def error_text(self) -> str:
+        return self._raw.decode("utf-8", errors="replace")
 
 
 def apply_event(result: RequestResult, ev: SSEEvent, now: float) -> bool:
