@@ -143,3 +143,34 @@ def test_multi_turn_conversation(client: openai.OpenAI, model_id: str) -> None:
 def test_health(http: httpx.Client) -> None:
     r = http.get("/health")
     assert r.status_code == 200
+
+
+def _histogram(metrics: str, name: str) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram in /metrics text."""
+    values = {}
+    for line in metrics.splitlines():
+        key, _, value = line.partition(" ")
+        if key in (f"{name}_sum", f"{name}_count"):
+            values[key] = float(value)
+    return values[f"{name}_sum"], values[f"{name}_count"]
+
+
+def test_non_streaming_latency_metrics_are_the_engines(http: httpx.Client,
+                                                      client: openai.OpenAI,
+                                                      model_id: str) -> None:
+    """Without streaming or stop strings the engine hands the output over in one piece
+    at the end; time to first token and inter-token gaps are still when each token was
+    produced, not when the batch arrived."""
+    names = ("chatd_time_to_first_token_seconds", "chatd_inter_token_latency_seconds",
+             "chatd_e2e_request_latency_seconds")
+    before = [_histogram(http.get("/metrics").text, n) for n in names]
+    r = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "Tell me a story."}],
+        max_tokens=48, logit_bias={"2": -100, "0": -100})  # never ends on its own
+    assert r.usage.completion_tokens == 48 and r.choices[0].finish_reason == "length"
+    after = [_histogram(http.get("/metrics").text, n) for n in names]
+    (ttft, n_ttft), (itl, n_itl), (e2e, n_e2e) = [
+        (a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)]
+    assert (n_ttft, n_itl, n_e2e) == (1, 47, 1)
+    assert ttft < e2e / 4  # 1 token of 48, not all of them
+    assert itl > 0.4 * (e2e - ttft)  # the 47 gaps span the decode, they are not ~0

@@ -33,7 +33,8 @@ class MeteredChatService(ChatService):
         try:
             async with contextlib.aclosing(super().run(prepared, usage, **options)) as deltas:
                 async for delta in deltas:
-                    now = time.perf_counter()
+                    # The engine's time: a non-streaming request's tokens arrive at once.
+                    now = delta.at or time.perf_counter()
                     previous = last.get(delta.index)
                     if record.first_token is None:
                         record.first_token = now

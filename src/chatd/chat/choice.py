@@ -28,6 +28,7 @@ class ChoiceDelta:
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
     logprobs: list[LogprobEntry] | None = None
     finish_reason: str | None = None
+    at: float = 0.0  # when the engine produced the token (TokenEvent.at)
 
 
 def _token_entry(item: TokenLogprob) -> LogprobEntry:
@@ -65,7 +66,7 @@ class ChoiceStream:
         self.released_chars = 0
 
     def feed(self, event: TokenEvent) -> ChoiceDelta:
-        delta = ChoiceDelta(index=self.index)
+        delta = ChoiceDelta(index=self.index, at=event.at)
         if self.want_logprobs and event.logprob is not None:
             end = self.fed_chars + len(event.text)
             self.pending.append((logprob_entry(event), self.fed_chars, end))

@@ -116,9 +116,13 @@ class ChatService:
         )
         if req.user:
             log.info("request for user %r", req.user)
+        stops = req.stop_list()
+        # Without streaming, only a stop string needs each token as it comes (to end
+        # the choice early); otherwise the engine hands the output over in one piece.
         generation = GenerationRequest(prompt_tokens=prompt, params=params, n=n,
-                                       grammar=output.grammar)
-        return PreparedChat(generation, req.stop_list(), n, len(prompt), output)
+                                       grammar=output.grammar,
+                                       final_only=not req.stream and not stops)
+        return PreparedChat(generation, stops, n, len(prompt), output)
 
     def _render_and_tokenize(self, messages: list[dict[str, Any]],
                              tools: list[dict[str, Any]]) -> list[int]:

@@ -210,10 +210,11 @@ class Engine:
                 log.error("decode failed (%s); failing the batch's requests", exc)
                 self._fail_plan(plan, str(exc))
                 continue
-            self._pace_prefill(plan, time.perf_counter() - started)
+            decoded = time.perf_counter()
+            self._pace_prefill(plan, decoded - started)
             self.steps += 1
             sched.commit(plan)
-            self._sample(plan)
+            self._sample(plan, decoded)
             for group in {seq.group for seq, _ in plan.advanced}:
                 group.flush()
         # Shutting down: nobody may wait forever on a stream.
@@ -257,7 +258,7 @@ class Engine:
                 sched.prefill_budget = min(self.config.prefill_chunk,
                                            sched.prefill_budget * 2)
 
-    def _sample(self, plan: StepPlan) -> None:
+    def _sample(self, plan: StepPlan, at: float) -> None:
         model = self.model
         for seq, row_index in plan.samplers:
             if seq.status is Status.FINISHED:  # a sibling's failure ended its group
@@ -269,14 +270,14 @@ class Engine:
                     siblings = self.scheduler.fork(seq) if len(seq.group.seqs) > 1 else []
                     for sib in siblings:
                         sib.status = Status.DECODE
-                        self._emit_token(sib, row)
-                self._emit_token(seq, row)
+                        self._emit_token(sib, row, at)
+                self._emit_token(seq, row, at)
             except Exception:
                 # A bug in one request's sampling must not take the engine down with it.
                 log.exception("sampling failed for request %d", seq.group.id)
                 self._finish_group(seq.group, "error", "internal error while sampling")
 
-    def _emit_token(self, seq: Sequence, row: np.ndarray) -> None:
+    def _emit_token(self, seq: Sequence, row: np.ndarray, at: float) -> None:
         params = seq.group.request.params
         constraint = seq.constraint
         token = seq.sampler.sample(row, constraint.disallowed() if constraint else None)
@@ -302,7 +303,7 @@ class Engine:
                 finish = "length"
                 text += seq.decoder.decode(b"", final=True)
         event = TokenEvent(index=seq.index, token_id=token, text=text,
-                           prompt_tokens=seq.n_prompt, cached_tokens=seq.cached_tokens)
+                           prompt_tokens=seq.n_prompt, cached_tokens=seq.cached_tokens, at=at)
         if params.logprobs and finish != "stop":
             self._add_logprobs(event, row, token, params.top_logprobs)
         seq.group.outbox.append(event)
@@ -350,7 +351,7 @@ class Engine:
         seq.group.outbox.append(TokenEvent(
             index=seq.index, token_id=-1, text=seq.decoder.decode(b"", final=True),
             finish_reason=reason, prompt_tokens=seq.n_prompt,
-            cached_tokens=seq.cached_tokens, error=error))
+            cached_tokens=seq.cached_tokens, error=error, at=time.perf_counter()))
 
     def _finish_group(self, group: Group, reason: FinishReason, error: str | None = None) -> None:
         for seq in group.seqs:

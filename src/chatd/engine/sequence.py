@@ -67,8 +67,9 @@ class Group:
     outbox: list[TokenEvent] = field(default_factory=list)
 
     def flush(self) -> None:
-        """Hand this step's events to the asyncio side in one thread-safe call."""
-        if self.outbox:
+        """Hand this step's events to the asyncio side in one thread-safe call (for a
+        `final_only` request, only once every choice has finished)."""
+        if self.outbox and (not self.request.final_only or self.done):
             events, self.outbox = self.outbox, []
             try:
                 self.loop.call_soon_threadsafe(self.queue.put_nowait, events)

@@ -33,6 +33,11 @@ class GenerationRequest:
 
     `grammar` (an llguidance grammar: JSON schema, Lark or regex) constrains every
     choice from its first token; the engine compiles it once and caches it.
+
+    `final_only`: the consumer reads nothing before the request ends (a non-streaming
+    completion with no stop string to watch for), so the engine hands all events over
+    at once when every choice has finished, instead of waking the event loop for each
+    token. Events still carry their own emission time (`TokenEvent.at`).
     """
 
     prompt_tokens: list[int]
@@ -40,6 +45,7 @@ class GenerationRequest:
     n: int = 1
     grammar: str | None = None
     request_id: str = ""
+    final_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,8 @@ class TokenEvent:
     `text` is the UTF-8-safe text this token completes: bytes of a character split
     across tokens are held back until the character is whole, so `text` may be "".
     The last event of a choice has `finish_reason` set; its `token_id` is -1 when the
-    choice ended without a new token (cancellation, error).
+    choice ended without a new token (cancellation, error). `at` is when the engine
+    produced it (time.perf_counter), whenever the consumer gets to see it.
     """
 
     index: int
@@ -70,3 +77,4 @@ class TokenEvent:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
+    at: float = 0.0
