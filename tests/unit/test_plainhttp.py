@@ -11,6 +11,7 @@ from chatd.bench.loadgen import RequestResult, _send_stream_plain
 from chatd.bench.plainhttp import PlainConnection, PlainHTTPError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[str, bytes]:
@@ -129,7 +130,7 @@ async def test_reconnects_once_when_the_server_dropped_a_kept_alive_connection()
         nonlocal connections
         connections += 1
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.write(OK_REPLY)
         await writer.drain()
         writer.close()  # keep-alive promised, then dropped
 
@@ -229,7 +230,7 @@ async def test_one_chunk_per_read_and_chunks_that_contain_crlf() -> None:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         await read_request(reader)  # the connection was kept for a second request
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.write(OK_REPLY)
         await writer.drain()
         writer.close()
 
@@ -268,7 +269,7 @@ async def test_a_request_cancelled_mid_body_spends_its_connection() -> None:
             await writer.drain()
             await asyncio.sleep(5)  # the rest never comes in time
         else:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            writer.write(OK_REPLY)
             await writer.drain()
         writer.close()
 
