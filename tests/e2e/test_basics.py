@@ -172,5 +172,10 @@ def test_non_streaming_latency_metrics_are_the_engines(http: httpx.Client,
     (ttft, n_ttft), (itl, n_itl), (e2e, n_e2e) = [
         (a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)]
     assert (n_ttft, n_itl, n_e2e) == (1, 95, 1)
-    assert ttft < e2e / 4  # the prompt and 1 token of 96, not all of them
-    assert itl > 0.5 * (e2e - ttft)  # the 95 gaps span the decode, they are not ~0
+    # Relations that hold however loaded the machine is (load only stretches them):
+    # the first token and the 95 gaps after it end at the last token, inside the
+    # request's own time; and each gap is a decode step, not the microseconds between
+    # tokens handed over together (metering at the hand-over gives ~1e-6 s per gap and
+    # a TTFT equal to the whole request).
+    assert ttft + itl <= e2e + 1e-3
+    assert itl / 95 > 5e-4

@@ -16,6 +16,9 @@ class FakeEngine:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
 
+    def alive(self) -> bool:
+        return self._thread is None or self._thread.is_alive()
+
     def stats(self) -> dict[str, int]:
         return {"running_sequences": 0, "kv_cells_total": 100, "kv_cells_running": 0}
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from functools import partial
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -21,9 +21,29 @@ from chatd.api.middleware import RequestContextMiddleware
 from chatd.api.openapi import install_openapi
 from chatd.api.ratelimit import RateLimiter
 from chatd.api.routes import chat, health, metrics, models
+from chatd.chat.service import ChatService
+from chatd.config import Settings
 
-if TYPE_CHECKING:
-    from chatd.server import Runtime
+
+class EngineView(Protocol):
+    """The engine as the HTTP layer sees it: counters and liveness, nothing to drive."""
+
+    def stats(self) -> dict[str, int]: ...
+
+    def alive(self) -> bool: ...
+
+
+class Backend(Protocol):
+    """What the app is built from; `chatd.server.Runtime` is one. A protocol, so that
+    the HTTP layer depends on the layers below it and never on the start-up wiring."""
+
+    settings: Settings
+    chat: ChatService
+    model_name: str
+    fingerprint: str
+
+    @property
+    def engine(self) -> EngineView: ...
 
 
 async def _unencodable_text(request: Request, exc: Exception) -> JSONResponse:
@@ -36,15 +56,7 @@ async def _unencodable_text(request: Request, exc: Exception) -> JSONResponse:
         code="invalid_value").to_response()
 
 
-def _engine_thread_alive(engine: object) -> bool:
-    """A dead engine thread leaves every request waiting forever while the HTTP side
-    looks fine; /health must say so. (Reads the engine's thread until the engine
-    exposes its own liveness.)"""
-    thread = getattr(engine, "_thread", None)
-    return thread is None or thread.is_alive()
-
-
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(runtime: Backend) -> FastAPI:
     settings = runtime.settings
     app = FastAPI(title="chatd", version=__version__,
                   description="OpenAI-compatible Chat Completions on a local model.")
@@ -53,7 +65,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     admission = AdmissionGate(settings.max_sequences, max_queue=settings.max_queue,
                               max_wait=settings.max_queue_wait)
     meters = Metrics(runtime.engine.stats, lambda: (admission.depth, admission.in_use))
-    alive = partial(_engine_thread_alive, runtime.engine)
+    alive: Callable[[], bool] = runtime.engine.alive  # a dead engine thread: /health says so
     gate = Gatekeeper(limiter, admission, meters, auth_enabled=auth.enabled, alive=alive)
     app.state.ctx = ServerContext(
         chat=runtime.chat,

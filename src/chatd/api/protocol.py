@@ -522,14 +522,17 @@ class ChatCompletionRequest(_Strict):
         """
         if not isinstance(value, dict):
             return value  # None, or a type error pydantic reports itself
+        problems = []
         for key, bias in value.items():
             if not isinstance(key, str) or not _TOKEN_ID.match(key):
-                raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
-            if isinstance(bias, bool) or not isinstance(bias, int | float):
-                raise ValueError(f"the bias for token {key} must be a number, got {bias!r}")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"the bias for token {key} must be between -100 and 100, "
-                                 f"got {bias}")
+                problems.append(f"key {key!r} is not a token id (a non-negative integer)")
+            elif isinstance(bias, bool) or not isinstance(bias, int | float):
+                problems.append(f"the bias for token {key} must be a number, got {bias!r}")
+            elif not -100 <= bias <= 100:
+                problems.append(f"the bias for token {key} must be between -100 and 100, "
+                                f"got {bias}")
+        if problems:  # every bad entry at once, so one correction fixes the request
+            raise ValueError("; ".join(problems))
         return value
 
     def effective_max_tokens(self) -> int | None:

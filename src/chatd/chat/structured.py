@@ -20,6 +20,7 @@ from typing import Any
 import llguidance as llg
 
 from chatd.chat.errors import ChatRequestError
+from chatd.chat.schema import enforced_schema
 from chatd.chat.toolcalls import CALL_CLOSE, CALL_OPEN, CALL_SEPARATOR
 
 # Compact, deterministic JSON: a small model at temperature 1 can otherwise wander
@@ -37,34 +38,9 @@ class OutputSpec:
     json_mode: bool
 
 
-# llguidance's `date` format accepts any day 01-31 in any month (2023-02-29, 2023-04-31),
-# which a validator rejects. This pattern admits exactly the real calendar dates of
-# years 0001-9999 (leap years included), as `datetime.date.fromisoformat` does.
-_YEAR = r"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"
-_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
-_DATE_PATTERN = (
-    rf"^(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
-    rf"|{_LEAP_YEAR}-02-29)$"
-)
-
-
-def _exact_formats(node: Any) -> Any:
-    """The schema with `format: date` replaced by the exact calendar pattern."""
-    if isinstance(node, list):
-        return [_exact_formats(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _exact_formats(value) for key, value in node.items()}
-    if out.get("format") == "date" and "pattern" not in out:
-        del out["format"]
-        out["pattern"] = _DATE_PATTERN
-    return out
-
-
 def _styled(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**_exact_formats(schema), "x-guidance": {**_JSON_STYLE,
-                                                     **schema.get("x-guidance", {})}}
+    return {**enforced_schema(schema), "x-guidance": {**_JSON_STYLE,
+                                                      **schema.get("x-guidance", {})}}
 
 
 def schema_grammar(schema: dict[str, Any]) -> str:
@@ -97,16 +73,15 @@ def response_schema(fmt: Any) -> dict[str, Any] | None:
     return schema
 
 
-def _call_schema(tool: Any) -> dict[str, Any]:
+def _call_rule(tool: Any) -> str:
+    """One call of `tool` as Lark: the wrapper is literal text and the arguments are a
+    `%json` of their own, so the parameter schema keeps its own root (`#`,
+    `#/$defs/...`, `$id`s resolve against the parameters, as the client wrote them)."""
     fn = tool.function
     params = fn.parameters if fn.parameters is not None else {"type": "object",
                                                              "properties": {}}
-    return {
-        "type": "object",
-        "properties": {"name": {"const": fn.name}, "arguments": params},
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }
+    head = CALL_OPEN + '{"name": ' + json.dumps(fn.name) + ', "arguments": '
+    return f"{_lark_str(head)} {_lark_json(params)} {_lark_str('}' + CALL_CLOSE)}"
 
 
 def build_output_spec(req: Any) -> OutputSpec:
@@ -156,7 +131,6 @@ def build_output_spec(req: Any) -> OutputSpec:
     if mode == "none":
         start = f"start: {content}" if schema else "start: TEXT?"
     else:
-        one = {"anyOf": [_call_schema(t) for t in callable_tools]}
         # A named function is called exactly once, as OpenAI does.
         parallel = req.parallel_tool_calls is not False and mode != "named"
         calls = "call (SEP call)*" if parallel else "call"
@@ -164,26 +138,42 @@ def build_output_spec(req: Any) -> OutputSpec:
                 "required": "calls", "named": "calls"}[mode]
         start = (f"start: {body}\n"
                  f"calls: {calls}\n"
-                 f"call: {_lark_str(CALL_OPEN)} {_lark_json(one)} {_lark_str(CALL_CLOSE)}\n"
+                 f"call: {' | '.join(_call_rule(t) for t in callable_tools)}\n"
                  f"SEP: {_lark_str(CALL_SEPARATOR)}")
     lark = f"{start}\nTEXT: {_TEXT_WITHOUT_CALLS}\n"
     return OutputSpec(llg.LLMatcher.grammar_from_lark(lark), tools_active=mode != "none",
                       json_mode=schema is not None)
 
 
+def _schema_problem(schema: dict[str, Any]) -> str | None:
+    """What llguidance says about `schema` on its own, or None when it compiles."""
+    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(schema_grammar(schema))
+    return "; ".join(messages) or "invalid schema" if is_error or messages else None
+
+
 def explain_grammar_error(req: Any, message: str) -> ChatRequestError:
-    """Name the part of the request that holds the schema llguidance refused."""
-    param = "response_format.json_schema.schema"
-    if req.tools:
-        param = "tools"
-        for i, tool in enumerate(req.tools):
-            params = tool.function.parameters
-            if params is None:
-                continue
-            grammar = schema_grammar(params)
-            if llg.LLMatcher.validate_grammar_with_warnings(grammar)[1]:
-                param = f"tools[{i}].function.parameters"
-                break
-    return ChatRequestError(
-        f"The JSON schema cannot be enforced: {message}. Remove or replace the keywords "
-        "named here.", param=param, code="invalid_schema")
+    """Name the schema llguidance refused (which tool's parameters, or response_format)
+    and what in it failed."""
+    candidates = [(f"tools[{i}].function.parameters",
+                   f"The parameters schema of tool '{t.function.name}' (tools[{i}])",
+                   t.function.parameters) for i, t in enumerate(req.tools or [])]
+    candidates.append(("response_format.json_schema.schema", "The response_format schema",
+                       response_schema(req.response_format)))
+    param, subject = "response_format", "The requested output format"
+    for where, what, schema in candidates:
+        problem = _schema_problem(schema) if schema is not None else None
+        if problem is not None:
+            param, subject, message = where, what, problem
+            break
+    return ChatRequestError(f"{subject} cannot be enforced by the decoder: {message}. "
+                            f"{_advice(message)}", param=param, code="invalid_schema")
+
+
+def _advice(message: str) -> str:
+    if "does not exist" in message:
+        return ("A $ref must point inside the same schema: '#' is the schema's own root, "
+                "'#/$defs/Name' one of its definitions.")
+    if "Unimplemented keys" in message or "Unknown format" in message:
+        return ("chatd enforces every keyword it accepts; express the constraint without "
+                "the keywords or formats named here.")
+    return "Check the schema against JSON Schema (draft 2020-12)."

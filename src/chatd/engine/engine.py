@@ -162,6 +162,10 @@ class Engine:
         self._wake.set()
         return GenerationStream(self, group)
 
+    def alive(self) -> bool:
+        """False once the engine thread has died: every request would wait forever."""
+        return self._thread is None or self._thread.is_alive()
+
     def stats(self) -> dict[str, int]:
         running, cached = self.scheduler.cells_in_use()
         return {

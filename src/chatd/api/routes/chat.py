@@ -146,28 +146,45 @@ async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionR
         return chunk([ChunkChoice(index=delta.index, delta=Delta(content=delta.content),
                                   logprobs=_logprobs(delta.logprobs))])
 
-    def tool_chunk(delta: ChoiceDelta) -> str:
-        fragments = [
+    def fragments(delta: ChoiceDelta) -> list[ToolCallDelta]:
+        return [
             ToolCallDelta(index=c.index, id=c.id, type="function",
                           function=FunctionCallDelta(name=c.name, arguments=c.arguments))
             if c.id is not None else
             ToolCallDelta(index=c.index, function=FunctionCallDelta(arguments=c.arguments))
             for c in delta.tool_calls]
-        return chunk([ChunkChoice(index=delta.index, delta=Delta(tool_calls=fragments))])
 
+    def role_chunk(index: int, calls: list[ToolCallDelta] | None = None) -> str:
+        # OpenAI's first delta of a choice: `content: ""` when it answers in text;
+        # `content: null` with the first call fragment when it answers with a call.
+        opening = (Delta(role="assistant", content=None, refusal=None, tool_calls=calls)
+                   if calls else Delta(role="assistant", content="", refusal=None))
+        return chunk([ChunkChoice(index=index, delta=opening)])
+
+    # Without tools the output can only be text, so the role goes out at once; with
+    # tools, a choice's first chunk waits until the output shows which it is.
+    announced = [not prepared.output.tools_active] * prepared.n
     for i in range(prepared.n):
-        yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content="",
-                                                      refusal=None))])
+        if announced[i]:
+            yield role_chunk(i)
     usage = UsageCount()
     try:
         async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=True)) as deltas:
             async for delta in deltas:
+                index = delta.index
+                calls = fragments(delta) if delta.tool_calls else None
+                if not announced[index]:
+                    announced[index] = True
+                    opens_with_call = calls is not None and not delta.content
+                    yield role_chunk(index, calls if opens_with_call else None)
+                    if opens_with_call:
+                        calls = None
                 if delta.content or (want_logprobs and delta.logprobs):
                     yield content_chunk(delta)
-                if delta.tool_calls:
-                    yield tool_chunk(delta)
+                if calls:
+                    yield chunk([ChunkChoice(index=index, delta=Delta(tool_calls=calls))])
                 if delta.finish_reason:
-                    yield chunk([ChunkChoice(index=delta.index, delta=Delta(),
+                    yield chunk([ChunkChoice(index=index, delta=Delta(),
                                              finish_reason=delta.finish_reason)])  # type: ignore[arg-type]
     except Exception as exc:  # headers are sent: end the stream properly, never tear it
         if isinstance(exc, GenerationFailed):
