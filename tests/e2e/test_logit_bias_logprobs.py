@@ -59,6 +59,22 @@ def test_logit_bias_invalid(http: httpx.Client, model_id: str, bias: dict) -> No
     assert_error(r, 400)
 
 
+@pytest.mark.parametrize("bias, named", [
+    ({"abc": 5, "28": 200, "-1": 5, "29": "x", "30": 1}, ["'abc'", "28", "'-1'", "29"]),
+    ({"999999": 5, "1000000": -5, "28": 1}, ["999999", "1000000"]),
+], ids=["malformed", "outside_vocabulary"])
+def test_logit_bias_names_every_bad_key(http: httpx.Client, model_id: str, bias: dict,
+                                        named: list[str]) -> None:
+    """One 400 names all of them, so one correction fixes the request."""
+    r = http.post("/v1/chat/completions", json={
+        "model": model_id, "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 4, "logit_bias": bias})
+    err = assert_error(r, 400, param="logit_bias")
+    for key in named:
+        assert key in err["message"], (key, err["message"])
+    assert "30" not in err["message"].replace("100", "")
+
+
 def test_logit_bias_invalid_leaves_server_ok(http: httpx.Client, model_id: str) -> None:
     r = http.post("/v1/chat/completions", json={
         "model": model_id, "messages": [{"role": "user", "content": "Hi"}],

@@ -103,12 +103,14 @@ def seed_schema(fuzz_server: Server) -> Any:
 
 def _aim_at_the_model(case: Any) -> None:
     """Most generated model names would only ever reach the 404; use the real one. And
-    without a completion limit a request may fill the context: cap it, so each call is
-    quick even on a busy machine (explicit limits are left as generated)."""
+    without a completion limit a chat request may fill the context: cap it, so each call
+    is quick even on a busy machine (explicit limits are left as generated; a text
+    completion's default is 16 tokens, and it knows no max_completion_tokens)."""
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("model"), str):
         body["model"] = MODEL
-        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None \
+                and "prompt" not in body:
             body["max_completion_tokens"] = 8
 
 
@@ -135,6 +137,8 @@ ALL_CHECKS = [not_a_server_error, status_code_conformance, content_type_conforma
 @pytest.mark.parametrize(("path", "method", "mode", "examples"), [
     ("/v1/chat/completions", "POST", GenerationMode.POSITIVE, 60),
     ("/v1/chat/completions", "POST", GenerationMode.NEGATIVE, 40),
+    ("/v1/completions", "POST", GenerationMode.POSITIVE, 30),
+    ("/v1/completions", "POST", GenerationMode.NEGATIVE, 20),
     ("/v1/models", "GET", GenerationMode.POSITIVE, 3),
     ("/v1/models/{model_id}", "GET", GenerationMode.POSITIVE, 10),
     ("/health", "GET", GenerationMode.POSITIVE, 3),

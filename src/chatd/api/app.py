@@ -20,7 +20,7 @@ from chatd.api.metrics import Metrics
 from chatd.api.middleware import RequestContextMiddleware
 from chatd.api.openapi import install_openapi
 from chatd.api.ratelimit import RateLimiter
-from chatd.api.routes import chat, health, metrics, models
+from chatd.api.routes import chat, completions, health, metrics, models
 from chatd.chat.service import ChatService
 from chatd.config import Settings
 
@@ -82,6 +82,7 @@ def create_app(runtime: Backend) -> FastAPI:
     install_error_handlers(app)
     app.add_exception_handler(UnicodeEncodeError, _unencodable_text)
     app.include_router(chat.router)
+    app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -518,7 +518,12 @@ _RESPONSE_MODELS = frozenset(cls.__name__ for cls in (
     protocol.Choice, protocol.ChunkChoice, protocol.Delta, protocol.ToolCallDelta,
     protocol.FunctionCallDelta, protocol.Usage, protocol.PromptTokensDetails,
     protocol.CompletionTokensDetails, protocol.ChoiceLogprobs, protocol.TokenLogprobOut,
-    protocol.TopLogprob, protocol.ModelCard, protocol.ModelList))
+    protocol.TopLogprob, protocol.ModelCard, protocol.ModelList, protocol.Completion,
+    protocol.CompletionChoice, protocol.CompletionLogprobs))
+
+# The body model of each route whose body is not a ChatCompletionRequest, so that a
+# schema error's ``param`` is the path the client wrote in that body.
+_BODY_MODELS: dict[str, type[BaseModel]] = {"/v1/completions": protocol.CompletionRequest}
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -533,7 +538,8 @@ async def _chat_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_for_validation(exc).to_response()
+    model = _BODY_MODELS.get(request.url.path)
+    return error_for_validation(exc, model=model).to_response()
 
 
 async def _pydantic_validation(request: Request, exc: Exception) -> JSONResponse:

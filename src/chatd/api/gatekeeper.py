@@ -1,4 +1,5 @@
-"""The chat route's admission steps: per-key limits, then the bounded queue.
+"""The generation routes' admission steps (chat and text completions): per-key limits,
+then the bounded queue.
 
 Order matters and follows the cost of each check: requests-per-minute before the
 prompt is rendered (cheap refusal), tokens-per-minute once the prompt's length is
@@ -10,19 +11,38 @@ key's own limits is, as OpenAI counts it (retrying in a loop does not help).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from fastapi import Request
 
 from chatd.api.admission import AdmissionGate, AdmissionRejected
 from chatd.api.errors import APIError
 from chatd.api.metrics import Metrics
-from chatd.api.protocol import ChatCompletionRequest
 from chatd.api.ratelimit import RateLimiter
 from chatd.api.tracking import record_of
-from chatd.chat.service import PreparedChat
 
 ANONYMOUS = "anonymous"
 """Bucket shared by every caller of a server without API keys."""
+
+
+class Asked(Protocol):
+    """What the gate reads of a request body (chat or text completion)."""
+
+    model: str
+    stream: bool | None
+
+
+class Admissible(Protocol):
+    """What the gate reads of a prepared request (PreparedChat, PreparedCompletion)."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def sequences(self) -> int: ...
+
+    @property
+    def token_budget(self) -> int: ...
 
 
 def engine_stopped() -> APIError:
@@ -44,7 +64,7 @@ class Gatekeeper:
         """Whose budget a request spends (None: an unidentified caller on a keyed server)."""
         return key if key is not None else (None if self.auth_enabled else ANONYMOUS)
 
-    def count_request(self, request: Request, body: ChatCompletionRequest) -> None:
+    def count_request(self, request: Request, body: Asked) -> None:
         """Note what is asked and spend one request of the key's budget (429 if none)."""
         record = record_of(request)
         record.model = body.model
@@ -56,15 +76,13 @@ class Gatekeeper:
             self.metrics.rate_limited.labels("requests").inc()
             raise
 
-    async def admit(self, request: Request, prepared: PreparedChat) -> None:
+    async def admit(self, request: Request, prepared: Admissible) -> None:
         """Reserve prompt + max completion tokens (429), then wait for a slot (503)."""
         record = record_of(request)
         reservation = record.reservation
         if reservation is not None:
-            max_new = prepared.generation.params.max_new_tokens
             try:
-                self.limiter.reserve_tokens(reservation, prepared.prompt_tokens
-                                            + max_new * prepared.n,
+                self.limiter.reserve_tokens(reservation, prepared.token_budget,
                                             prompt_tokens=prepared.prompt_tokens)
             except APIError:
                 self.metrics.rate_limited.labels("tokens").inc()
@@ -74,7 +92,7 @@ class Gatekeeper:
                 reservation.cancel()
             raise engine_stopped()
         try:
-            ticket = await self.queue.acquire(prepared.n)
+            ticket = await self.queue.acquire(prepared.sequences)
         except AdmissionRejected as exc:
             self.metrics.overloaded.labels(exc.reason).inc()
             if reservation is not None:

@@ -89,7 +89,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         schemas.pop(unused, None)
     _, defs = models_json_schema(
         [(m, "validation") for m in (protocol.ChatCompletion, protocol.ChatCompletionChunk,
-                                     protocol.ModelList, protocol.ModelCard)],
+                                     protocol.Completion, protocol.ModelList,
+                                     protocol.ModelCard)],
         ref_template=_REF)
     for name, schema in defs.get("$defs", {}).items():
         schemas.setdefault(name, schema)
@@ -107,6 +108,17 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             "200": _ok("A completion (JSON), or with `stream: true` a data-only SSE stream "
                        "of chat.completion.chunk objects ending with `data: [DONE]`.",
                        {**_json("ChatCompletion"),
+                        "text/event-stream": {"schema": {"type": "string"}}}),
+            **{status: _error(text, status) for status, text in _ERROR_STATUSES.items()},
+        }
+    legacy = paths.get("/v1/completions", {}).get("post")
+    if legacy is not None:
+        legacy["operationId"] = "createCompletion"
+        legacy["security"] = [{"bearerAuth": []}, {}]
+        legacy["responses"] = {
+            "200": _ok("A text_completion (JSON), or with `stream: true` a data-only SSE "
+                       "stream of text_completion objects ending with `data: [DONE]`.",
+                       {**_json("Completion"),
                         "text/event-stream": {"schema": {"type": "string"}}}),
             **{status: _error(text, status) for status, text in _ERROR_STATUSES.items()},
         }

@@ -812,3 +812,113 @@ class ModelCard(BaseModel):
 class ModelList(_Out):
     object: Literal["list"] = "list"
     data: list[ModelCard] = Field(default_factory=list)
+
+# ------------------------------------------------------- legacy completions (/v1/completions)
+
+
+TokenId = Annotated[int, Field(ge=0, strict=True)]
+
+
+class CompletionRequest(_Strict):
+    """``POST /v1/completions`` body: every field of OpenAI's legacy Completions spec,
+    plus the chat endpoint's local sampler extensions. Stops and ``logit_bias`` obey
+    the chat endpoint's rules (shared, not copied)."""
+
+    model: str
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    suffix: str | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    best_of: int | None = Field(default=None, ge=0, le=20)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    user: str | None = None
+
+    # local extensions (llama.cpp / vLLM style samplers)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=10)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_kind_of_prompt(cls, value: Any) -> Any:
+        """A list mixing texts, token ids and token lists fits no form; say so plainly
+        rather than report each form's type error at some element."""
+        if isinstance(value, list) and len({type(item) for item in value}) > 1:
+            raise ValueError("a list prompt holds only strings, only token ids, or only "
+                             "arrays of token ids")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: Any) -> Any:
+        """An empty prompt gives the model nothing to continue (OpenAI's default, a lone
+        end-of-text token, is no use to anyone)."""
+        if value == "" or value == []:
+            raise ValueError("the prompt must not be empty")
+        if isinstance(value, list) and any(p == "" or p == [] for p in value):
+            raise ValueError("no prompt in the list may be empty")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        return ChatCompletionRequest._at_most_four_stops(value)
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _check_logit_bias(cls, value: Any) -> Any:
+        return ChatCompletionRequest._check_logit_bias(value)
+
+    stop_list = ChatCompletionRequest.stop_list
+    include_usage = ChatCompletionRequest.include_usage
+
+
+CompletionFinishReason = Literal["stop", "length", "content_filter"]
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy logprobs object: parallel lists, one entry per returned token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: CompletionFinishReason | None = None
+
+
+class Completion(BaseModel):
+    """A ``text_completion``: the whole response, or one streamed chunk of it (the same
+    object; a chunk's ``usage`` is null, or left out without ``include_usage``)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+
+    def to_json(self, include_usage: bool = False) -> str:
+        """Compact JSON; ``usage`` is written when set, or as null with ``include_usage``."""
+        exclude = {"usage"} if self.usage is None and not include_usage else None
+        return self.model_dump_json(exclude=exclude)
+
+    def to_sse(self, include_usage: bool = False) -> str:
+        """The chunk as one data-only SSE event."""
+        return f"data: {self.to_json(include_usage)}\n\n"

@@ -3,7 +3,9 @@
 It renders the conversation with the model's template, tokenizes it, maps
 OpenAI's sampling fields onto SamplingParams, and turns the engine's token
 events into per-choice text deltas, cutting at stop strings (and cancelling that
-choice in the engine) so no part of a stop string is ever returned.
+choice in the engine) so no part of a stop string is ever returned. Legacy text
+completions enter here too (``prepare_completion``, ``run_completion``): the same
+budgets, sampling and stops around a prompt taken as given (chatd.chat.completion).
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatd.chat.choice import ChoiceDelta, ChoiceStream
-from chatd.chat.errors import ChatRequestError, GenerationFailed
+from chatd.chat.completion import CompletionDelta, CompletionService, PreparedCompletion
+from chatd.chat.errors import ChatRequestError
+from chatd.chat.generation import Limits, UsageCount, feed_event, tokenize_text
 from chatd.chat.messages import normalize_messages
 from chatd.chat.structured import OutputSpec, build_output_spec, explain_grammar_error
 from chatd.chat.template import ChatTemplate, TemplateError
 from chatd.chat.toolprompt import inline_tools
 from chatd.engine.constraint import GrammarError
 from chatd.engine.engine import Engine
-from chatd.engine.types import GenerationRequest, SamplingParams
+from chatd.engine.types import GenerationRequest
 
 log = logging.getLogger("chatd.chat")
 
@@ -36,12 +40,15 @@ class PreparedChat:
     prompt_tokens: int
     output: OutputSpec
 
+    @property
+    def sequences(self) -> int:
+        """Engine sequences the request runs (its share of the admission queue)."""
+        return self.n
 
-@dataclass
-class UsageCount:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
+    @property
+    def token_budget(self) -> int:
+        """Prompt plus every choice's worst case: what a tokens-per-minute limit reserves."""
+        return self.prompt_tokens + self.n * self.generation.params.max_new_tokens
 
 
 class ChatService:
@@ -52,7 +59,9 @@ class ChatService:
         self.ctx_size = ctx_size
         self.max_n = max_n
         model = engine.model
-        self._bos_text = model.token_text(model.bos_id) if model.bos_id >= 0 else ""
+        self.limits = Limits(ctx_size=ctx_size, kv_cells=model.kv_cells, max_n=max_n,
+                             n_vocab=model.n_vocab)
+        self.completions = CompletionService(engine, self.limits)
 
     # ---- request -> GenerationRequest ------------------------------------------
 
@@ -70,50 +79,11 @@ class ChatService:
         tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
         prompt = await asyncio.to_thread(self._render_and_tokenize, normalized, tools)
         n = req.n or 1
-        if n > self.max_n:
-            raise ChatRequestError(f"n={n} is more than this server allows per request "
-                                   f"({self.max_n}).", param="n")
+        self.limits.check_n(n)
         limit = req.effective_max_tokens()
-        room = self.ctx_size - len(prompt)
-        if room <= 0 or (limit is not None and limit > room):
-            asked = f" plus max_tokens={limit}" if limit is not None else ""
-            raise ChatRequestError(
-                f"This model's maximum context length is {self.ctx_size} tokens. However, "
-                f"your messages resulted in {len(prompt)} tokens{asked}. Please reduce the "
-                f"length of the messages or the completion.",
-                param="messages", code="context_length_exceeded")
-        # The KV pool must hold the prompt plus every choice's worst case at once, or
-        # the request could never be admitted: a default max_tokens shrinks to fit,
-        # an explicit one that cannot fit is the client's to change.
-        pool = self.engine.model.kv_cells
-        share = (pool - len(prompt)) // n
-        if limit is None:
-            room = min(room, share)
-        elif limit > share:
-            raise ChatRequestError(
-                f"n={n} choices of max_tokens={limit} after a {len(prompt)}-token prompt "
-                f"need {len(prompt) + n * limit} KV cache cells; this server holds {pool}. "
-                f"Lower n or max_tokens (at most {max(share, 0)} for n={n}).",
-                param="max_tokens")
-        if room <= 0:
-            raise ChatRequestError(
-                f"This prompt of {len(prompt)} tokens leaves no room for {n} choices in the "
-                f"server's KV cache of {pool} cells. Lower n or shorten the messages.",
-                param="n")
-        params = SamplingParams(
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
-            min_p=req.min_p or 0.0,
-            presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0,
-            repetition_penalty=req.repetition_penalty or 1.0,
-            logit_bias=self._logit_bias(req.logit_bias),
-            seed=req.seed,
-            max_new_tokens=limit if limit is not None else room,
-            logprobs=bool(req.logprobs),
-            top_logprobs=req.top_logprobs or 0,
-        )
+        max_new = self.limits.max_new_tokens(len(prompt), limit, n, what="messages")
+        params = self.limits.sampling(req, max_new_tokens=max_new, logprobs=bool(req.logprobs),
+                                      top_logprobs=req.top_logprobs or 0)
         if req.user:
             log.info("request for user %r", req.user)
         stops = req.stop_list()
@@ -138,22 +108,7 @@ class ChatService:
         except TemplateError as exc:
             raise ChatRequestError(f"The conversation could not be rendered with the model's "
                                    f"chat template: {exc}", param="messages") from exc
-        model = self.engine.model
-        add_bos = model.add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        return model.tokenize(text, add_special=add_bos, parse_special=True)
-
-    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float]:
-        if not bias:
-            return {}
-        n_vocab = self.engine.model.n_vocab
-        out = {}
-        for key, value in bias.items():
-            token = int(key)
-            if not 0 <= token < n_vocab:
-                raise ChatRequestError(f"logit_bias token id {key} is outside this model's "
-                                       f"vocabulary (0..{n_vocab - 1}).", param="logit_bias")
-            out[token] = float(value)
-        return out
+        return tokenize_text(self.engine.model, text)
 
     @staticmethod
     def _reject_unsupported(req: Any) -> None:
@@ -185,18 +140,20 @@ class ChatService:
         stream = self.engine.generate(prepared.generation)
         try:
             async for event in stream:
-                choice = choices[event.index]
-                if choice.finished:
-                    continue  # tokens decoded after a stop string matched
-                if event.finish_reason == "error":
-                    raise GenerationFailed(event.error or "generation failed")
                 usage.cached_tokens = event.cached_tokens
-                if event.token_id >= 0:
-                    usage.completion_tokens += 1
-                delta = choice.feed(event)
-                if delta.finish_reason and event.finish_reason is None:
-                    stream.cancel(event.index)  # stop string matched
-                if delta.content or delta.tool_calls or delta.logprobs or delta.finish_reason:
+                delta = feed_event(stream, choices[event.index], event, usage)
+                if delta is not None:
                     yield delta
         finally:
             await stream.aclose()
+
+    # ---- text completions (POST /v1/completions) ---------------------------------
+
+    async def prepare_completion(self, req: Any) -> PreparedCompletion:
+        """A legacy completion request: the prompt as given, no chat template."""
+        return await self.completions.prepare(req)
+
+    def run_completion(self, prepared: PreparedCompletion, usage: UsageCount, *,
+                       streaming: bool) -> AsyncIterator[CompletionDelta]:
+        """Text deltas of every choice of every prompt (see chatd.chat.completion)."""
+        return self.completions.run(prepared, usage, streaming=streaming)

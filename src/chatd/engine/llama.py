@@ -195,6 +195,19 @@ class LlamaModel:
                 return list(arr[:n])
             cap = -n
 
+    def detokenize(self, tokens: list[int]) -> str:
+        """Token ids back to text, special tokens written out (as `tokenize` parses them)."""
+        if not tokens:
+            return ""
+        arr = (lc.llama_token * len(tokens))(*tokens)
+        cap = 8 * len(tokens) + 16
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            n = lc.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, False, True)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            cap = -n
+
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(4096)
         n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))

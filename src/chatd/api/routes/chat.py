@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from chatd.api.context import ServerContext, context
-from chatd.api.disconnect import ClientGone, unless_disconnected
-from chatd.api.errors import APIError, sse_error_event
+from chatd.api.errors import APIError
 from chatd.api.protocol import (
-    SSE_DONE,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -32,14 +29,12 @@ from chatd.api.protocol import (
     ToolCallDelta,
     Usage,
 )
+from chatd.api.serving import respond
 from chatd.chat.choice import ChoiceDelta
-from chatd.chat.errors import ChatRequestError, GenerationFailed
+from chatd.chat.errors import ChatRequestError
 from chatd.chat.service import PreparedChat, UsageCount
 
-log = logging.getLogger("chatd.api")
 router = APIRouter()
-# nginx's status for "the client closed the connection before the response".
-CLIENT_CLOSED_REQUEST = 499
 
 
 @router.post("/v1/chat/completions")
@@ -49,26 +44,16 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     ctx.gate.count_request(request, body)  # requests per minute: 429
     if body.model != ctx.model_name:
         raise APIError.model_not_found(body.model)
-    chat = ctx.chat
     try:
-        prepared = await chat.prepare(body)
+        prepared = await ctx.chat.prepare(body)
     except ChatRequestError as exc:
         raise APIError.from_chat_error(exc) from exc
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
-    try:
-        if body.stream:
-            # Once streaming, Starlette notices a disconnect; while queued, we must.
-            await unless_disconnected(request.receive, ctx.gate.admit(request, prepared))
-            events = _sse(ctx, prepared, body, completion_id, created)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
-        return await unless_disconnected(
-            request.receive, _admit_and_complete(ctx, request, prepared, body, completion_id,
-                                                 created))
-    except ClientGone:
-        log.info("client disconnected before the response; its generation was cancelled")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it: for the logs
+    return await respond(
+        ctx, request, prepared, stream=bool(body.stream),
+        events=lambda: _sse(ctx, prepared, body, completion_id, created),
+        complete=lambda: _complete(ctx, prepared, body, completion_id, created))
 
 
 def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
@@ -81,13 +66,6 @@ def _usage(count: UsageCount) -> Usage:
     return Usage.from_counts(count.prompt_tokens, count.completion_tokens, count.cached_tokens)
 
 
-async def _admit_and_complete(ctx: ServerContext, request: Request, prepared: PreparedChat,
-                              body: ChatCompletionRequest, completion_id: str,
-                              created: int) -> Response:
-    await ctx.gate.admit(request, prepared)  # tokens per minute: 429; queue: 503
-    return await _complete(ctx, prepared, body, completion_id, created)
-
-
 async def _complete(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionRequest,
                     completion_id: str, created: int) -> Response:
     n = prepared.n
@@ -97,22 +75,18 @@ async def _complete(ctx: ServerContext, prepared: PreparedChat, body: ChatComple
     finish: list[str] = ["stop"] * n
     calls: list[list[ToolCall]] = [[] for _ in range(n)]
     usage = UsageCount()
-    try:
-        async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=False)) as deltas:
-            async for delta in deltas:
-                texts[delta.index].append(delta.content)
-                calls[delta.index].extend(
-                    ToolCall(id=c.id or "", type="function",
-                             function=FunctionCall(name=c.name or "", arguments=c.arguments))
-                    for c in delta.tool_calls)
-                entries = logprobs[delta.index]
-                if entries is not None and delta.logprobs:
-                    entries.extend(delta.logprobs)
-                if delta.finish_reason:
-                    finish[delta.index] = delta.finish_reason
-    except GenerationFailed as exc:
-        log.error("generation failed: %s", exc)
-        raise APIError.internal() from exc
+    async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=False)) as deltas:
+        async for delta in deltas:
+            texts[delta.index].append(delta.content)
+            calls[delta.index].extend(
+                ToolCall(id=c.id or "", type="function",
+                         function=FunctionCall(name=c.name or "", arguments=c.arguments))
+                for c in delta.tool_calls)
+            entries = logprobs[delta.index]
+            if entries is not None and delta.logprobs:
+                entries.extend(delta.logprobs)
+            if delta.finish_reason:
+                finish[delta.index] = delta.finish_reason
     completion = ChatCompletion(
         id=completion_id, created=created, model=ctx.model_name,
         system_fingerprint=ctx.fingerprint,
@@ -130,7 +104,7 @@ async def _complete(ctx: ServerContext, prepared: PreparedChat, body: ChatComple
 async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionRequest,
                completion_id: str, created: int) -> AsyncIterator[str]:
     """OpenAI's sequence: role chunk per choice, content chunks, one finish chunk per
-    choice, the optional usage chunk, then [DONE]; a late failure is an error event."""
+    choice, the optional usage chunk (`respond` adds [DONE], or an error event)."""
     include_usage = body.include_usage()
     want_logprobs = bool(body.logprobs)
     fields = {"id": completion_id, "created": created, "model": ctx.model_name,
@@ -168,32 +142,22 @@ async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionR
         if announced[i]:
             yield role_chunk(i)
     usage = UsageCount()
-    try:
-        async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=True)) as deltas:
-            async for delta in deltas:
-                index = delta.index
-                calls = fragments(delta) if delta.tool_calls else None
-                if not announced[index]:
-                    announced[index] = True
-                    opens_with_call = calls is not None and not delta.content
-                    yield role_chunk(index, calls if opens_with_call else None)
-                    if opens_with_call:
-                        calls = None
-                if delta.content or (want_logprobs and delta.logprobs):
-                    yield content_chunk(delta)
-                if calls:
-                    yield chunk([ChunkChoice(index=index, delta=Delta(tool_calls=calls))])
-                if delta.finish_reason:
-                    yield chunk([ChunkChoice(index=index, delta=Delta(),
-                                             finish_reason=delta.finish_reason)])  # type: ignore[arg-type]
-    except Exception as exc:  # headers are sent: end the stream properly, never tear it
-        if isinstance(exc, GenerationFailed):
-            log.error("generation failed mid-stream: %s", exc)
-        else:
-            log.exception("error while streaming")
-        yield sse_error_event(APIError.internal())
-        yield SSE_DONE
-        return
+    async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=True)) as deltas:
+        async for delta in deltas:
+            index = delta.index
+            calls = fragments(delta) if delta.tool_calls else None
+            if not announced[index]:
+                announced[index] = True
+                opens_with_call = calls is not None and not delta.content
+                yield role_chunk(index, calls if opens_with_call else None)
+                if opens_with_call:
+                    calls = None
+            if delta.content or (want_logprobs and delta.logprobs):
+                yield content_chunk(delta)
+            if calls:
+                yield chunk([ChunkChoice(index=index, delta=Delta(tool_calls=calls))])
+            if delta.finish_reason:
+                yield chunk([ChunkChoice(index=index, delta=Delta(),
+                                         finish_reason=delta.finish_reason)])  # type: ignore[arg-type]
     if include_usage:
         yield chunk([], usage=_usage(usage))
-    yield SSE_DONE
