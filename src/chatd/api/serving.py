@@ -11,15 +11,32 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from chatd.api.context import ServerContext
+from chatd.api.context import ServerContext, context
 from chatd.api.disconnect import ClientGone, unless_disconnected
 from chatd.api.errors import APIError, sse_error_event
 from chatd.api.protocol import SSE_DONE
-from chatd.chat.errors import GenerationFailed
+from chatd.chat.errors import ChatRequestError, GenerationFailed
+from chatd.chat.service import ChatService
 
 log = logging.getLogger("chatd.api")
 # nginx's status for "the client closed the connection before the response".
 CLIENT_CLOSED_REQUEST = 499
+
+
+async def checked(request: Request, body: Any,
+                  prepare: Callable[[ChatService, Any], Awaitable[Any]]
+                  ) -> tuple[ServerContext, Any]:
+    """The caller's key (401), its requests per minute (429), the model (404), then the
+    chat layer's own checks (400); returns the server context and the prepared request."""
+    ctx = context(request)
+    ctx.auth.check(request)
+    ctx.gate.count_request(request, body)
+    if body.model != ctx.model_name:
+        raise APIError.model_not_found(body.model)
+    try:
+        return ctx, await prepare(ctx.chat, body)
+    except ChatRequestError as exc:
+        raise APIError.from_chat_error(exc) from exc
 
 
 async def respond(ctx: ServerContext, request: Request, prepared: Any, *, stream: bool,

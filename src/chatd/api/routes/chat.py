@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from chatd.api.context import ServerContext, context
-from chatd.api.errors import APIError
+from chatd.api.context import ServerContext
 from chatd.api.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -29,25 +28,16 @@ from chatd.api.protocol import (
     ToolCallDelta,
     Usage,
 )
-from chatd.api.serving import respond
+from chatd.api.serving import checked, respond
 from chatd.chat.choice import ChoiceDelta
-from chatd.chat.errors import ChatRequestError
-from chatd.chat.service import PreparedChat, UsageCount
+from chatd.chat.service import ChatService, PreparedChat, UsageCount
 
 router = APIRouter()
 
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    ctx = context(request)
-    ctx.auth.check(request)
-    ctx.gate.count_request(request, body)  # requests per minute: 429
-    if body.model != ctx.model_name:
-        raise APIError.model_not_found(body.model)
-    try:
-        prepared = await ctx.chat.prepare(body)
-    except ChatRequestError as exc:
-        raise APIError.from_chat_error(exc) from exc
+    ctx, prepared = await checked(request, body, ChatService.prepare)
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
     return await respond(

@@ -16,8 +16,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from chatd.api.context import ServerContext, context
-from chatd.api.errors import APIError
+from chatd.api.context import ServerContext
 from chatd.api.protocol import (
     Completion,
     CompletionChoice,
@@ -25,26 +24,18 @@ from chatd.api.protocol import (
     CompletionRequest,
     Usage,
 )
-from chatd.api.serving import respond
+from chatd.api.serving import checked, respond
 from chatd.chat.completion import CompletionDelta, PreparedCompletion
-from chatd.chat.errors import ChatRequestError
 from chatd.chat.generation import UsageCount
 from chatd.chat.legacy import LegacyLogprobs
+from chatd.chat.service import ChatService
 
 router = APIRouter()
 
 
 @router.post("/v1/completions")
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    ctx = context(request)
-    ctx.auth.check(request)
-    ctx.gate.count_request(request, body)  # requests per minute: 429
-    if body.model != ctx.model_name:
-        raise APIError.model_not_found(body.model)
-    try:
-        prepared = await ctx.chat.prepare_completion(body)
-    except ChatRequestError as exc:
-        raise APIError.from_chat_error(exc) from exc
+    ctx, prepared = await checked(request, body, ChatService.prepare_completion)
     head = Completion(id="cmpl-" + uuid.uuid4().hex, created=int(time.time()),
                       model=ctx.model_name, system_fingerprint=ctx.fingerprint)
     return await respond(
