@@ -37,6 +37,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         "text whatever else runs beside it. f16: prompts are processed "
                         "2-3x faster at long lengths, but seeded outputs may change under "
                         "concurrent load")
+    p.add_argument("--speculate", choices=["ngram", "off"], default="ngram",
+                   help="ngram (default): while few sequences decode, guess the next tokens "
+                        "from earlier text (prompt lookup) and check them in the same step; "
+                        "outputs are exactly those without it. off: one token per step")
     p.add_argument("--max-n", type=int, default=8, help="largest `n` a request may ask for")
     p.add_argument("--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024,
                    help="largest request body accepted; larger ones get 413 (default 4 MiB)")
@@ -122,7 +126,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ctx_size=args.ctx_size, kv_cells=args.kv_cells, parked_cells=args.parked_cells,
         max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
-        threads=args.threads, kv_cache=args.kv_cache, max_n=args.max_n,
+        threads=args.threads, kv_cache=args.kv_cache, speculate=args.speculate,
+        max_n=args.max_n,
         max_body_bytes=args.max_body_bytes,
         api_keys=keys, log_level=args.log_level,
         requests_per_minute=args.rpm, tokens_per_minute=args.tpm,

@@ -25,6 +25,7 @@ from chatd.engine.llama import DecodeError, LlamaModel
 from chatd.engine.sampling import Sampler, log_softmax_at, top_ids
 from chatd.engine.scheduler import Scheduler, StepPlan
 from chatd.engine.sequence import Group, Sequence, Status
+from chatd.engine.speculate import NgramDrafter, verify
 from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob
 
 log = logging.getLogger("chatd.engine")
@@ -39,6 +40,8 @@ class EngineConfig:
     prefill_chunk: int = 64     # prompt tokens per step while others decode
     epoch_cells: int = 8192     # cells written before the KV cache is recycled
     park_cells: int | None = None  # idle prefix cache in host memory (None: kv_cells / 4)
+    speculate: bool = True      # n-gram drafts (speculate.py) while few sequences decode
+    speculate_max_running: int = 4  # beyond this, extra rows cost more than they save
 
 
 class EngineStopped(RuntimeError):
@@ -106,6 +109,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.tokens_generated = 0
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
         self._decode_step_s: float | None = None
 
     # ---- lifecycle --------------------------------------------------------------
@@ -184,6 +189,8 @@ class Engine:
             "prefix_cache_hit_tokens": self.scheduler.prefix_hit_tokens,
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,
+            "spec_drafted_tokens": self.drafted_tokens,
+            "spec_accepted_tokens": self.accepted_tokens,
         }
 
     # ---- the thread -----------------------------------------------------------------
@@ -202,7 +209,7 @@ class Engine:
             for group in sched.admit():
                 if group.cancel_all:  # gave up while queued
                     self._finish_group(group, "abort")
-            plan = sched.plan()
+            plan = sched.plan(self._draft if self._speculating() else None)
             if not plan.tokens:
                 self._wake.wait()
                 self._wake.clear()
@@ -262,10 +269,55 @@ class Engine:
                 sched.prefill_budget = min(self.config.prefill_chunk,
                                            sched.prefill_budget * 2)
 
+    def _speculating(self) -> bool:
+        if not self.config.speculate:
+            return False
+        decoding = sum(1 for s in self.scheduler.running if s.status is Status.DECODE)
+        return 0 < decoding <= self.config.speculate_max_running
+
+    def _draft(self, seq: Sequence, spare: int) -> list[int]:
+        """Guessed tokens after the sequence's next one: never past its token limit or
+        the context, nor more than the KV pool can take as garbage."""
+        params = seq.group.request.params
+        room = min(spare, params.max_new_tokens - seq.n_generated - 1,
+                   self.config.ctx_size - len(seq.tokens) - 1)
+        if room <= 0:
+            return []
+        if seq.drafter is None:
+            seq.drafter = NgramDrafter(seq.tokens)
+        return seq.drafter.draft(room)
+
+    def _verify(self, seq: Sequence, first_row: int, draft: list[int], at: float) -> None:
+        """Sample the drafted rows in order, as if one at a time, up to the first token
+        that differs from the guess; the cells of the guesses after it are dropped."""
+        model = self.model
+        base = seq.n_cached - len(draft)  # the next token's cell is certainly valid
+
+        def emit(i: int) -> int | None:
+            seq.n_cached = base + i  # ... and so are the i guesses accepted so far
+            self._emit_token(seq, model.logits_row(first_row + i), at)
+            return None if seq.status is Status.FINISHED else seq.tokens[-1]
+
+        accepted = verify(draft, emit)
+        if seq.status is not Status.FINISHED:
+            self.scheduler.truncate(seq)
+        self.drafted_tokens += len(draft)
+        self.accepted_tokens += accepted
+        assert seq.drafter is not None
+        seq.drafter.feedback(len(draft), accepted)
+
     def _sample(self, plan: StepPlan, at: float) -> None:
         model = self.model
         for seq, row_index in plan.samplers:
             if seq.status is Status.FINISHED:  # a sibling's failure ended its group
+                continue
+            draft = plan.drafts.get(seq)
+            if draft is not None:
+                try:
+                    self._verify(seq, row_index, draft, at)
+                except Exception:
+                    log.exception("sampling failed for request %d", seq.group.id)
+                    self._finish_group(seq.group, "error", "internal error while sampling")
                 continue
             row = model.logits_row(row_index)
             try:

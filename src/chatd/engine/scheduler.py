@@ -43,6 +43,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,6 +55,7 @@ _clock = itertools.count()
 
 REPACK_CELLS = 256        # garbage cells that make a repack worth its ~1 ms
 IDLE_CELLS_RUNNING = 256  # idle prefix-cache cells a repack keeps in the cache
+DRAFT_ROWS = 48           # decode rows plus guessed rows in one step, at most
 
 
 class KVOps(Protocol):
@@ -88,6 +90,19 @@ class StepPlan:
     advanced: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, n tokens)
     decode_rows: int = 0     # sequences contributing their next token
     prefill_tokens: int = 0  # prompt tokens riding along
+    drafts: dict[Sequence, list[int]] = field(default_factory=dict)  # guessed tokens
+
+    def add_draft(self, seq: Sequence, draft: list[int]) -> None:
+        """The sequence's next token and `draft` after it, every row sampled in turn."""
+        start = seq.n_cached
+        row = len(self.tokens)
+        self.tokens += [seq.tokens[start], *draft]
+        self.positions += range(start, start + 1 + len(draft))
+        self.seq_ids += [seq.slot] * (1 + len(draft))
+        self.logits += [True] * (1 + len(draft))
+        self.samplers.append((seq, row))
+        self.advanced.append((seq, 1 + len(draft)))
+        self.drafts[seq] = draft
 
     def add(self, seq: Sequence, count: int, *, sample: bool) -> None:
         start = seq.n_cached
@@ -507,12 +522,24 @@ class Scheduler:
 
     # ---- stepping -------------------------------------------------------------------
 
-    def plan(self) -> StepPlan:
-        """One token per decoding sequence, then prompt chunks within the budget."""
+    def plan(self, draft: Callable[[Sequence, int], list[int]] | None = None) -> StepPlan:
+        """One token per decoding sequence (plus the tokens `draft` guesses follow it,
+        when given), then prompt chunks within the budget."""
         plan = StepPlan()
         decoding = [s for s in self.running if s.status is Status.DECODE]
+        # Rejected guesses leave garbage cells until a repack: guess only while the
+        # pool has room for them beside every running sequence's worst case.
+        # Guessed rows also stay few enough that the decode rows keep llama.cpp's
+        # small-batch kernels (DRAFT_ROWS).
+        spare = (min(self.kv_cells - self.committed_cells(),
+                     DRAFT_ROWS - len(decoding)) if draft is not None else 0)
         for seq in decoding:
-            plan.add(seq, 1, sample=True)
+            guess = draft(seq, spare) if spare > 0 and draft is not None else []
+            if guess:
+                plan.add_draft(seq, guess)
+                spare -= len(guess)
+            else:
+                plan.add(seq, 1, sample=True)
         plan.decode_rows = len(decoding)
         budget = self.batch_tokens - len(plan)
         if decoding:
@@ -532,7 +559,11 @@ class Scheduler:
         """Record that the plan's tokens are now in the KV cache."""
         for seq, count in plan.advanced:
             slot = self.slots[seq.slot]
-            slot.tokens.extend(seq.tokens[seq.n_cached:seq.n_cached + count])
+            guess = plan.drafts.get(seq)
+            if guess is None:
+                slot.tokens.extend(seq.tokens[seq.n_cached:seq.n_cached + count])
+            else:
+                slot.tokens += [seq.tokens[seq.n_cached], *guess]
             # llama.cpp gives a batch's tokens the lowest free cells in batch order, and
             # nothing below `allocated` is free inside an epoch.
             slot.cells.extend(range(self.allocated, self.allocated + count))
@@ -554,9 +585,20 @@ class Scheduler:
             seq.cached_tokens = leader.cached_tokens
         return siblings
 
+    def truncate(self, seq: Sequence) -> None:
+        """Drop the cells past `seq.n_cached` (guesses that were not accepted): they
+        become garbage, and the sequence may write that many more cells."""
+        slot = self.slots[seq.slot]
+        dropped = len(slot.tokens) - seq.n_cached
+        if dropped > 0:
+            self._detach(slot, seq.n_cached)
+            if id(seq) in self._reserved:
+                self._reserved[id(seq)] += dropped
+
     def release(self, seq: Sequence) -> None:
         """A finished sequence leaves its slot as a prefix cache entry."""
         if seq.slot >= 0:
+            self.truncate(seq)
             slot = self.slots[seq.slot]
             slot.owner = None
             slot.last_used = next(_clock)

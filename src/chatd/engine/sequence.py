@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from chatd.engine.constraint import Constraint
 from chatd.engine.sampling import Sampler
+from chatd.engine.speculate import NgramDrafter
 from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent
 
 _group_ids = itertools.count(1)
@@ -39,6 +40,7 @@ class Sequence:
     cached_tokens: int = 0     # prompt tokens reused from the prefix cache
     finish_reason: FinishReason | None = None
     constraint: Constraint | None = None
+    drafter: NgramDrafter | None = None  # made on its first speculative step
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 

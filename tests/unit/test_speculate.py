@@ -1,0 +1,108 @@
+"""Prompt-lookup drafts and their verification: same tokens, same distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chatd.engine.sampling import Sampler
+from chatd.engine.speculate import START_DRAFT, NgramDrafter, verify
+from chatd.engine.types import SamplingParams
+
+V = 12  # a small vocabulary slice, so every probability is measurable
+
+
+def test_drafts_what_followed_the_latest_match() -> None:
+    tokens = [1, 2, 3, 4, 5, 9, 9, 1, 2, 3, 7, 8, 1, 2, 3]
+    drafter = NgramDrafter(tokens)
+    # "1 2 3" last occurred before "7 8": the guess is what followed it there.
+    assert drafter.draft(3) == [7, 8, 1]
+    assert drafter.draft(1) == [7]
+
+
+def test_no_match_no_draft_and_the_index_follows_the_list() -> None:
+    tokens = [1, 2, 3, 4]
+    drafter = NgramDrafter(tokens)
+    assert drafter.draft(4) == []
+    tokens += [5, 3, 4]  # the engine appends to the same list
+    assert drafter.draft(2) == [5, 3]
+
+
+def test_length_adapts_and_misses_rest() -> None:
+    drafter = NgramDrafter([1, 2, 1, 2, 1, 2])
+    assert len(drafter.draft(100)) <= START_DRAFT
+    drafter.feedback(4, 4)
+    assert drafter.length == 2 * START_DRAFT
+    drafter.feedback(8, 2)
+    assert drafter.length == 3
+    for _ in range(3):
+        drafter.feedback(drafter.length, 0)
+    assert drafter.length == 1
+    drafter.feedback(1, 0)  # a missed single guess: rest a few steps
+    assert drafter.draft(5) == []
+
+
+def _rows(seed: int, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 1.2, V).astype(np.float32) for _ in range(count)]
+
+
+def _speculative(sampler: Sampler, rows: list[np.ndarray], draft: list[int]) -> list[int]:
+    out: list[int] = []
+
+    def emit(i: int) -> int:
+        token = sampler.sample(rows[i])
+        sampler.accept(token)
+        out.append(token)
+        return token
+
+    verify(draft, emit)
+    return out
+
+
+def _sequential(sampler: Sampler, rows: list[np.ndarray], draft: list[int]) -> list[int]:
+    """Without speculation: one row per step, as long as the context is the drafted one."""
+    out: list[int] = []
+    for i, r in enumerate(rows):
+        token = sampler.sample(r)
+        sampler.accept(token)
+        out.append(token)
+        if i == len(draft) or token != draft[i]:
+            break
+    return out
+
+
+def test_seeded_tokens_are_those_of_sequential_sampling() -> None:
+    rows = _rows(1, 4)
+    for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=1.0),
+                   SamplingParams(temperature=0.8, top_p=0.9, presence_penalty=0.4)):
+        for seed in range(200):
+            draft = [int(np.argmax(r)) for r in rows[:3]]
+            a = _speculative(Sampler(params, V, [], seed=seed), rows, draft)
+            b = _sequential(Sampler(params, V, [], seed=seed), rows, draft)
+            assert a == b, (params, seed)
+
+
+def _softmax(r: np.ndarray) -> np.ndarray:
+    p = np.exp(r.astype(np.float64) - r.max())
+    return p / p.sum()
+
+
+def test_emitted_tokens_follow_the_model_distribution() -> None:
+    """Chi-square: the first emitted token follows row 0, and given that it was the
+    guess, the second follows row 1, whatever was guessed."""
+    rows = _rows(2, 3)
+    p0, p1 = _softmax(rows[0]), _softmax(rows[1])
+    draft = [int(np.argsort(p0)[-2]), 5]  # the second likeliest: often rejected
+    draws = 30_000
+    firsts = np.zeros(V)
+    seconds = np.zeros(V)
+    sampler = Sampler(SamplingParams(temperature=1.0), V, [], seed=11)
+    for _ in range(draws):
+        out = _speculative(sampler, rows, draft)
+        firsts[out[0]] += 1
+        if out[0] == draft[0]:
+            seconds[out[1]] += 1
+    for counts, p in ((firsts, p0), (seconds, p1)):
+        n = counts.sum()
+        chi2 = float((((counts - n * p) ** 2) / (n * p)).sum())
+        assert chi2 < 33.0, chi2  # 11 degrees of freedom: p < 0.0005 to exceed
