@@ -26,8 +26,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parked-cells", type=int, default=None,
                    help="prefix-cache cells that may wait in host memory, out of the KV cache "
                         "(default: kv-cells / 4; 0 drops idle entries instead)")
-    p.add_argument("--max-sequences", type=int, default=8,
-                   help="sequences decoded together in one step; more requests queue")
+    p.add_argument("--max-sequences", type=int, default=16,
+                   help="sequences decoded together in one step (default 16: what a CPU "
+                        "still batches profitably); more requests queue")
     p.add_argument("--batch-tokens", type=int, default=512, help="tokens per llama_decode call")
     p.add_argument("--prefill-chunk", type=int, default=64,
                    help="prompt tokens processed per step while other sequences decode")

@@ -22,7 +22,7 @@ class Settings:
     ctx_size: int | None = None        # per sequence; default min(model's, 8192)
     kv_cells: int | None = None        # shared KV pool; default 4 x ctx_size
     parked_cells: int | None = None    # idle prefix cache in host memory; default kv_cells/4
-    max_sequences: int = 8             # sequences decoded together in one step
+    max_sequences: int = 16            # sequences decoded together in one step
     batch_tokens: int = 512            # tokens per llama_decode
     prefill_chunk: int = 64            # prompt tokens per step while others decode
     threads: int = 0                   # 0 = one per available core
