@@ -38,10 +38,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         "text whatever else runs beside it. f16: prompts are processed "
                         "2-3x faster at long lengths, but seeded outputs may change under "
                         "concurrent load")
-    p.add_argument("--speculate", choices=["ngram", "off"], default="ngram",
+    p.add_argument("--speculate", choices=["ngram", "always", "off"], default="ngram",
                    help="ngram (default): while few sequences decode, guess the next tokens "
-                        "from earlier text (prompt lookup) and check them in the same step; "
-                        "outputs are exactly those without it. off: one token per step")
+                        "from earlier text (prompt lookup) and check them in the same step, "
+                        "as many as the measured cost of a step's rows makes worth it. "
+                        "always: every guess, whatever it costs. off: one token per step. "
+                        "Outputs are exactly those without speculation")
     p.add_argument("--max-n", type=int, default=8, help="largest `n` a request may ask for")
     p.add_argument("--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024,
                    help="largest request body accepted; larger ones get 413 (default 4 MiB)")

@@ -27,7 +27,8 @@ class Settings:
     prefill_chunk: int = 64            # prompt tokens per step while others decode
     threads: int = 0                   # 0 = one per available core
     kv_cache: str = "q8_0"             # "q8_0": batch-invariant; "f16": faster prompts
-    speculate: str = "ngram"           # "ngram": prompt-lookup drafts; "off"
+    speculate: str = "ngram"           # prompt-lookup drafts: "ngram" (when they pay),
+                                       # "always", "off"
     max_n: int = 8                     # largest `n` one request may ask for
     max_body_bytes: int = 4 * 1024 * 1024
     api_keys: tuple[str, ...] = field(default=(), repr=False)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from chatd.engine.sampling import Sampler
-from chatd.engine.speculate import START_DRAFT, NgramDrafter, verify
+from chatd.engine.speculate import (
+    NgramDrafter,
+    StepCost,
+    best_length,
+    expected_tokens,
+    verify,
+)
 from chatd.engine.types import SamplingParams
 
 V = 12  # a small vocabulary slice, so every probability is measurable
@@ -27,18 +33,38 @@ def test_no_match_no_draft_and_the_index_follows_the_list() -> None:
     assert drafter.draft(2) == [5, 3]
 
 
-def test_length_adapts_and_misses_rest() -> None:
+def test_take_rate_follows_feedback_and_misses_rest() -> None:
     drafter = NgramDrafter([1, 2, 1, 2, 1, 2])
-    assert len(drafter.draft(100)) <= START_DRAFT
-    drafter.feedback(4, 4)
-    assert drafter.length == 2 * START_DRAFT
-    drafter.feedback(8, 2)
-    assert drafter.length == 3
-    for _ in range(3):
-        drafter.feedback(drafter.length, 0)
-    assert drafter.length == 1
-    drafter.feedback(1, 0)  # a missed single guess: rest a few steps
-    assert drafter.draft(5) == []
+    assert drafter.draft(3) == [1, 2]  # what followed the last "1 2 1 2"
+    start = drafter.rate
+    drafter.feedback(3, 3)
+    assert drafter.rate > start
+    drafter.feedback(3, 0)  # a wholly rejected draft: rest a few steps
+    assert drafter.draft(3) == []
+
+
+def test_step_cost_learns_the_line() -> None:
+    cost = StepCost()
+    assert cost.line() is None
+    for rows in [1, 2, 1, 4, 3, 1, 5, 2] * 5:
+        cost.observe(rows, 0.002 + 0.005 * rows)
+    a, b = cost.line() or (0.0, 0.0)
+    assert abs(a - 0.002) < 1e-6 and abs(b - 0.005) < 1e-6
+
+
+def test_draft_length_pays_for_its_rows() -> None:
+    assert expected_tokens(0.5, 0) == 1.0
+    assert abs(expected_tokens(0.5, 2) - 1.75) < 1e-12
+    # Rows nearly as dear as steps (compute-bound): only a very likely guess pays.
+    dear = (0.001, 0.006)
+    assert best_length(0.5, 8, 1, 0, dear) == 0
+    assert 1 <= best_length(0.95, 8, 1, 0, dear) <= 4
+    # Cheap rows (bandwidth-bound): long drafts pay.
+    cheap = (0.007, 0.0002)
+    assert best_length(0.9, 8, 1, 0, cheap) == 8
+    # No cost line yet: one likely guess, to learn what a second row costs.
+    assert best_length(0.6, 8, 1, 0, None) == 1
+    assert best_length(0.3, 8, 1, 0, None) == 0
 
 
 def _rows(seed: int, count: int) -> list[np.ndarray]:

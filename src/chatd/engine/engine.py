@@ -25,7 +25,7 @@ from chatd.engine.llama import DecodeError, LlamaModel
 from chatd.engine.sampling import Sampler, log_softmax_at, top_ids
 from chatd.engine.scheduler import Scheduler, StepPlan
 from chatd.engine.sequence import Group, Sequence, Status
-from chatd.engine.speculate import NgramDrafter, verify
+from chatd.engine.speculate import NgramDrafter, StepCost, best_length, verify
 from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob
 
 log = logging.getLogger("chatd.engine")
@@ -40,7 +40,8 @@ class EngineConfig:
     prefill_chunk: int = 64     # prompt tokens per step while others decode
     epoch_cells: int = 8192     # cells written before the KV cache is recycled
     park_cells: int | None = None  # idle prefix cache in host memory (None: kv_cells / 4)
-    speculate: bool = True      # n-gram drafts (speculate.py) while few sequences decode
+    speculate: str = "ngram"    # n-gram drafts (speculate.py) while few sequences decode:
+                                # "ngram" as long as they pay, "always" whatever they cost
     speculate_max_running: int = 4  # beyond this, extra rows cost more than they save
 
 
@@ -111,6 +112,7 @@ class Engine:
         self.tokens_generated = 0
         self.drafted_tokens = 0
         self.accepted_tokens = 0
+        self.step_cost = StepCost()  # what a decode step's rows cost: sizes the drafts
         self._decode_step_s: float | None = None
 
     # ---- lifecycle --------------------------------------------------------------
@@ -223,6 +225,8 @@ class Engine:
                 continue
             decoded = time.perf_counter()
             self._pace_prefill(plan, decoded - started)
+            if not plan.prefill_tokens:
+                self.step_cost.observe(len(plan), decoded - started)
             self.steps += 1
             sched.commit(plan)
             self._sample(plan, decoded)
@@ -270,13 +274,14 @@ class Engine:
                                            sched.prefill_budget * 2)
 
     def _speculating(self) -> bool:
-        if not self.config.speculate:
+        if self.config.speculate not in ("ngram", "always"):
             return False
         decoding = sum(1 for s in self.scheduler.running if s.status is Status.DECODE)
         return 0 < decoding <= self.config.speculate_max_running
 
-    def _draft(self, seq: Sequence, spare: int) -> list[int]:
-        """Guessed tokens after the sequence's next one: never past its token limit or
+    def _draft(self, seq: Sequence, spare: int, rows: int) -> list[int]:
+        """Guessed tokens after the sequence's next one, as many as pay for their rows
+        in a step that already has `rows`; never past the sequence's token limit or
         the context, nor more than the KV pool can take as garbage."""
         params = seq.group.request.params
         room = min(spare, params.max_new_tokens - seq.n_generated - 1,
@@ -285,7 +290,14 @@ class Engine:
             return []
         if seq.drafter is None:
             seq.drafter = NgramDrafter(seq.tokens)
-        return seq.drafter.draft(room)
+        guess = seq.drafter.draft(room)
+        if not guess:
+            return []
+        if self.config.speculate == "always":
+            return guess
+        length = best_length(seq.drafter.rate, len(guess), rows, rows - 1,
+                             self.step_cost.line())
+        return guess[:length]
 
     def _verify(self, seq: Sequence, first_row: int, draft: list[int], at: float) -> None:
         """Sample the drafted rows in order, as if one at a time, up to the first token

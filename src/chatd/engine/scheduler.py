@@ -522,9 +522,10 @@ class Scheduler:
 
     # ---- stepping -------------------------------------------------------------------
 
-    def plan(self, draft: Callable[[Sequence, int], list[int]] | None = None) -> StepPlan:
-        """One token per decoding sequence (plus the tokens `draft` guesses follow it,
-        when given), then prompt chunks within the budget."""
+    def plan(self, draft: Callable[[Sequence, int, int], list[int]] | None = None
+             ) -> StepPlan:
+        """One token per decoding sequence (plus the tokens `draft(seq, spare, rows)`
+        guesses follow it, when given), then prompt chunks within the budget."""
         plan = StepPlan()
         decoding = [s for s in self.running if s.status is Status.DECODE]
         # Rejected guesses leave garbage cells until a repack: guess only while the
@@ -533,11 +534,13 @@ class Scheduler:
         # small-batch kernels (DRAFT_ROWS).
         spare = (min(self.kv_cells - self.committed_cells(),
                      DRAFT_ROWS - len(decoding)) if draft is not None else 0)
+        rows = len(decoding)
         for seq in decoding:
-            guess = draft(seq, spare) if spare > 0 and draft is not None else []
+            guess = draft(seq, spare, rows) if spare > 0 and draft is not None else []
             if guess:
                 plan.add_draft(seq, guess)
                 spare -= len(guess)
+                rows += len(guess)
             else:
                 plan.add(seq, 1, sample=True)
         plan.decode_rows = len(decoding)

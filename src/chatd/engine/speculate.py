@@ -13,9 +13,15 @@ draw from p without x): the emitted tokens have the model's distribution, greedy
 output is unchanged, and each emitted token uses one draw of the sequence's
 generator, so a seeded output is the same with speculation on or off.
 
-A drafter adapts: its draft length doubles after a fully accepted draft and halves
-after a rejected one; after a rejected single-token draft it rests for a while,
-longer each time, so plain chat (which rarely repeats) pays almost nothing.
+How long a draft is worth depends on what a row costs. On a small model on a few
+CPU cores a step is compute-bound, not bandwidth-bound (SmolLM2-135M on 2 cores:
+~7.4 ms for 1 row, ~23 ms for 4), so a guess pays only when it is likely to be
+taken. `StepCost` learns the step time as a + b x rows from the steps the engine
+runs, each drafter keeps an estimate of how often its guesses are taken, and the
+draft length is the one that maximises expected tokens per second of the step
+(none at all when no length beats plain decoding). After a draft that was wholly
+rejected a drafter rests a few steps, longer each time, so text that does not
+repeat costs nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +30,66 @@ from collections.abc import Callable
 
 NGRAM_SIZES = (4, 3, 2)   # longest match first
 MAX_DRAFT = 12
-START_DRAFT = 4
 MAX_REST = 64             # steps a drafter rests after repeated misses
 INDEX_WINDOW = 8192       # only the latest tokens are searched
+PRIOR_RATE = 0.6          # guessed tokens taken, before a drafter has any record
+
+
+class StepCost:
+    """Seconds of a decode step as a + b * rows, fitted to the decode-only steps the
+    engine runs (exponentially weighted least squares, so it follows the machine)."""
+
+    def __init__(self, decay: float = 0.02) -> None:
+        self._decay = decay
+        self._n = self._r = self._t = self._rr = self._rt = 0.0
+        self._last: tuple[float, float] | None = None
+
+    def observe(self, rows: int, seconds: float) -> None:
+        k = 1.0 - self._decay
+        self._n = k * self._n + 1.0
+        self._r = k * self._r + rows
+        self._t = k * self._t + seconds
+        self._rr = k * self._rr + rows * rows
+        self._rt = k * self._rt + rows * seconds
+
+    def line(self) -> tuple[float, float] | None:
+        """(a, b), or None until steps of different sizes were seen; while recent steps
+        all had one size, the last line fitted stands."""
+        if self._n < 4:
+            return self._last
+        mean_r, mean_t = self._r / self._n, self._t / self._n
+        var = self._rr / self._n - mean_r * mean_r
+        if var < 0.05:
+            return self._last
+        b = (self._rt / self._n - mean_r * mean_t) / var
+        a = mean_t - b * mean_r
+        self._last = (max(a, 0.0), max(b, 1e-6))
+        return self._last
+
+
+def expected_tokens(rate: float, draft: int) -> float:
+    """Tokens a step emits for one sequence with `draft` guesses, each taken with
+    probability `rate` while the ones before it were: 1 + rate + ... + rate**draft."""
+    if rate >= 1.0:
+        return draft + 1.0
+    return (1.0 - rate ** (draft + 1)) / (1.0 - rate)
+
+
+def best_length(rate: float, limit: int, rows: int, others: int,
+                line: tuple[float, float] | None) -> int:
+    """The draft length that maximises the step's tokens per second: `rows` rows are
+    already in the step, carrying `others` tokens' worth of output besides this
+    sequence's. Without a fitted cost line, rows are taken as nearly as dear as steps
+    (the compute-bound case) and only a likely guess of one token is tried."""
+    if line is None:
+        return 1 if rate >= 0.5 and limit >= 1 else 0
+    a, b = line
+    best, best_value = 0, (others + 1.0) / (a + b * rows)
+    for k in range(1, limit + 1):
+        value = (others + expected_tokens(rate, k)) / (a + b * (rows + k))
+        if value > best_value * 1.001:
+            best, best_value = k, value
+    return best
 
 
 class NgramDrafter:
@@ -36,14 +99,22 @@ class NgramDrafter:
         self._tokens = tokens  # the sequence's own list, appended to by the engine
         self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> end of its latest use
         self._indexed = max(0, len(tokens) - INDEX_WINDOW)
-        self.length = START_DRAFT
+        self._drafted = 2.0     # weighted record of guesses made and taken
+        self._taken = 2.0 * PRIOR_RATE
         self._rest = 0
         self._rest_after_miss = 4
+
+    @property
+    def rate(self) -> float:
+        """How often this sequence's guesses are taken (per guessed token)."""
+        return self._taken / self._drafted
 
     def draft(self, limit: int) -> list[int]:
         """Up to `limit` guessed next tokens (none when nothing matches or resting)."""
         if self._rest > 0:
             self._rest -= 1
+            return []
+        if limit <= 0:
             return []
         tokens = self._tokens
         end = len(tokens)
@@ -54,28 +125,24 @@ class NgramDrafter:
                 if stop >= n:
                     latest[tuple(tokens[stop - n:stop])] = stop
         self._indexed = max(self._indexed, end)
-        count = min(self.length, limit)
-        if count <= 0:
-            return []
         for n in NGRAM_SIZES:
             if end >= n:
                 found = latest.get(tuple(tokens[end - n:end]))
                 if found is not None:
-                    return tokens[found:found + count]
+                    return tokens[found:found + min(limit, MAX_DRAFT)]
         return []
 
     def feedback(self, drafted: int, accepted: int) -> None:
-        """Adapt the draft length to how much of the last draft was accepted."""
-        if accepted == drafted:
-            self.length = min(MAX_DRAFT, self.length * 2)
-            self._rest_after_miss = 4
-        elif accepted == 0:
-            if self.length == 1:
-                self._rest = self._rest_after_miss
-                self._rest_after_miss = min(MAX_REST, self._rest_after_miss * 2)
-            self.length = max(1, self.length // 2)
+        """Record how much of the last draft was taken (a geometric model: a guess after
+        a rejected one was never tested, so only the tested ones count)."""
+        tested = min(drafted, accepted + 1)
+        self._drafted = 0.9 * self._drafted + tested
+        self._taken = 0.9 * self._taken + accepted
+        if accepted == 0:
+            self._rest = self._rest_after_miss
+            self._rest_after_miss = min(MAX_REST, self._rest_after_miss * 2)
         else:
-            self.length = min(MAX_DRAFT, accepted + 1)
+            self._rest_after_miss = 4
 
 
 def verify(draft: list[int], emit: Callable[[int], int | None]) -> int:
