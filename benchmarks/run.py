@@ -7,6 +7,13 @@ c tokens, nothing else), and beside the best batched ceiling.
 
     python -m benchmarks.run [--json out.json] [--skip-ceiling] [--skip-server]
                              [--url http://host:port] [--requests-per-client N]
+                             [--rss-requests N]
+
+Beside those rows: a repetitive workload at c=1 (greedy "repeat this text",
+speculative decoding's case) against the same B=1 ceiling, with chatd's tokens per
+engine step; the CPU the server's engine thread, its llama.cpp workers and its event
+loop spend per generated token at each concurrency (benchmarks.probes); and the
+server's resident memory over --rss-requests short requests after a warm-up.
 
 The ceiling runs first and frees its model before the server starts, so the two
 never compete for the CPU; it runs again after the load, beside the idle server, and
@@ -44,6 +51,16 @@ from benchmarks.ceiling import (
     special_token_ids,
 )
 from benchmarks.constrained import SCHEMA as CONSTRAINED_SCHEMA
+from benchmarks.probes import (
+    CpuSample,
+    cpu_per_token,
+    format_speculation,
+    health,
+    rss_bytes,
+    speculation,
+    thread_cpu_s,
+)
+from benchmarks.workloads import REPEAT_PROMPT
 from chatd.bench.loadgen import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_TOKENS,
@@ -119,10 +136,11 @@ def server_process(name: str, cmd: list[str], port: int,
 
 @contextlib.contextmanager
 def chatd_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
-    """Start `chatd serve` on a free port; yield its base URL and pid."""
+    """Start `chatd serve` on a free port; yield its base URL and pid. It runs through
+    benchmarks.named_threads, so /proc shows which thread is its engine."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "chatd", "serve", "--port", str(port), "--host", "127.0.0.1",
-           "--max-sequences", str(args.max_sequences)]
+    cmd = [sys.executable, "-m", "benchmarks.named_threads", "serve", "--port", str(port),
+           "--host", "127.0.0.1", "--max-sequences", str(args.max_sequences)]
     if args.model:
         cmd += ["--model", str(args.model)]
     if args.threads:
@@ -133,9 +151,13 @@ def chatd_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
         yield served
 
 
-async def _drive(url: str, args: argparse.Namespace, ban: list[int]) -> list[LoadResult]:
-    results = []
+async def _drive(url: str, args: argparse.Namespace, ban: list[int],
+                 server_pid: int | None = None) -> tuple[list[LoadResult], list[dict[str, Any]]]:
+    """The closed-loop load at each concurrency; with the server's pid, also the CPU
+    its threads spent per generated token over each (see benchmarks.probes)."""
+    results, cpu = [], []
     for conc in args.concurrency:
+        before = CpuSample.take(server_pid, url) if server_pid else None
         res = await run_load(
             url, args.model_name, conc,
             requests_per_client=args.requests_per_client or default_requests_per_client(conc),
@@ -144,7 +166,69 @@ async def _drive(url: str, args: argparse.Namespace, ban: list[int]) -> list[Loa
         print(f"  c={conc:<3d} {res.tokens_per_s:8.1f} tok/s  {len(res.requests)} requests, "
               f"{res.errors} errors", flush=True)
         results.append(res)
-    return results
+        if server_pid and before is not None:
+            cpu.append({"concurrency": conc,
+                        **cpu_per_token(before, CpuSample.take(server_pid, url))})
+    return results, cpu
+
+
+def _format_cpu(rows: list[dict[str, Any]]) -> str:
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+    lines = [f"{'conc':>4} {'engine':>8} {'llama.cpp workers':>18} {'event loop':>11} "
+             f"{'process':>8} {'tokens':>7}"]
+    lines += [f"{r['concurrency']:>4} {num(r['engine_ms']):>8} {num(r['llama_workers_ms']):>18} "
+              f"{num(r['event_loop_ms']):>11} {num(r['process_ms']):>8} {r['tokens']:>7}"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def _repeat_row(base: str, args: argparse.Namespace,
+                ban: list[int]) -> tuple[LoadResult, dict[str, Any]]:
+    """Speculative decoding's case at c=1: greedy "repeat this text", with chatd's
+    speculation counters over the run (GET /health before and after)."""
+    before = health(base)
+    res = run_client(run_load(
+        base, args.model_name, 1,
+        requests_per_client=args.requests_per_client or default_requests_per_client(1),
+        max_tokens=args.max_tokens, api_key=args.api_key, ban_tokens=ban,
+        prompt=REPEAT_PROMPT, temperature=0.0))
+    print(f"  c=1 repeat {res.tokens_per_s:8.1f} tok/s  {len(res.requests)} requests, "
+          f"{res.errors} errors", flush=True)
+    return res, speculation(before, health(base))
+
+
+# Issue: server memory must grow < 5% after warm-up. Short requests, so the count is
+# high and the run short (about two minutes for 1,000 on two cores).
+RSS_CONCURRENCY = 8
+RSS_MAX_TOKENS = 16
+RSS_PARTS = 4
+
+
+def _rss_run(base: str, pid: int, args: argparse.Namespace, ban: list[int]) -> dict[str, Any]:
+    """The server's resident memory after a warm-up (a fifth as many requests) and
+    after each quarter of `args.rss_requests` requests (a steady climb shows apart
+    from a one-off step)."""
+    def load(requests: int, seed: int) -> LoadResult:
+        return run_client(run_load(
+            base, args.model_name, RSS_CONCURRENCY,
+            requests_per_client=-(-requests // RSS_CONCURRENCY), max_tokens=RSS_MAX_TOKENS,
+            api_key=args.api_key, ban_tokens=ban, seed=seed, warmup=False))
+
+    warmup = max(RSS_CONCURRENCY, args.rss_requests // 5)
+    load(warmup, seed=1)
+    samples, requests, errors = [rss_bytes(pid)], 0, 0
+    for part in range(RSS_PARTS):
+        res = load(args.rss_requests // RSS_PARTS, seed=100_000 * (part + 1))
+        requests, errors = requests + len(res.requests), errors + res.errors
+        samples.append(rss_bytes(pid))
+    mib = [round(x / 2**20, 1) if x else None for x in samples]
+    growth = (samples[-1] - samples[0]) / samples[0] if samples[0] and samples[-1] else None
+    row = {"requests": requests, "errors": errors, "concurrency": RSS_CONCURRENCY,
+           "max_tokens": RSS_MAX_TOKENS, "warmup_requests": warmup,
+           "rss_mib": mib, "growth": round(growth, 4) if growth is not None else None}
+    print(f"  RSS after warm-up and each quarter: {mib} MiB", flush=True)
+    return row
 
 
 # Issue: constrained decoding must cost <= 10% of tokens/s. The same schema as the
@@ -156,16 +240,6 @@ CONSTRAINED_ROUNDS = 4
 
 
 PAIRED_ROUNDS = 4
-
-
-def _main_thread_cpu_s(pid: int) -> float | None:
-    """CPU seconds of a process's main thread (chatd's event loop), where /proc has it."""
-    try:
-        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _paired_c1(url: str, args: argparse.Namespace, ban: list[int],
@@ -197,7 +271,7 @@ async def _paired_c1(url: str, args: argparse.Namespace, ban: list[int],
         for r in range(PAIRED_ROUNDS):
             rates: dict[bool, float] = {}
             for stream in ((True, False) if r % 2 == 0 else (False, True)):
-                loop0 = _main_thread_cpu_s(server_pid) if server_pid else None
+                loop0 = thread_cpu_s(server_pid) if server_pid else None
                 res = await run_load(url, model, 1, requests_per_client=2,
                                      max_tokens=args.max_tokens, api_key=args.api_key,
                                      ban_tokens=ban, warmup=False, stream=stream)
@@ -205,7 +279,7 @@ async def _paired_c1(url: str, args: argparse.Namespace, ban: list[int],
                 if not stream:
                     continue
                 client_cpu += res.client_cpu_s or 0.0
-                loop1 = _main_thread_cpu_s(server_pid) if server_pid else None
+                loop1 = thread_cpu_s(server_pid) if server_pid else None
                 if loop0 is not None and loop1 is not None:
                     loop_cpu += loop1 - loop0
                 tokens += res.completion_tokens
@@ -381,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt per sequence (the bench prompt is ~61 tokens with the "
                         "SmolLM2 chat template)")
     p.add_argument("--ceiling-reps", type=int, default=3)
+    p.add_argument("--rss-requests", type=int, default=1000,
+                   help=f"requests ({RSS_MAX_TOKENS} tokens, c={RSS_CONCURRENCY}) over which "
+                        "the server's memory growth is measured after a warm-up (0: skip)")
     return p
 
 
@@ -422,19 +499,26 @@ def main(argv: list[str] | None = None) -> int:
             ban = special_token_ids(args.model)
         doc["ban_token_ids"] = ban
         batch_cap = None if args.url else args.max_sequences
+        repeat: LoadResult | None = None
+        repeat_spec: dict[str, Any] = {}
         try:
             if args.url:
                 print(f"load on {args.url} ...", flush=True)
-                runs = run_client(_drive(args.url, args, ban))
+                runs, _ = run_client(_drive(args.url, args, ban))
             else:
                 with chatd_server(args) as (base, server_pid):
                     print("closed-loop load ...", flush=True)
-                    runs = run_client(_drive(base, args, ban))
+                    runs, doc["server_cpu"] = run_client(_drive(base, args, ban, server_pid))
                     print("constrained (json_schema) load ...", flush=True)
                     constrained = run_client(_drive_constrained(base, args, ban))
                     if ceiling is not None and 1 in args.concurrency:
                         print("c=1 paired with the B=1 ceiling ...", flush=True)
                         doc["c1_paired"] = run_client(_paired_c1(base, args, ban, server_pid))
+                    print("repetitive workload (speculation's case) ...", flush=True)
+                    repeat, repeat_spec = _repeat_row(base, args, ban)
+                    if args.rss_requests > 0:
+                        print(f"memory over {args.rss_requests} requests ...", flush=True)
+                        doc["rss"] = _rss_run(base, server_pid, args, ban)
                     if ceiling is not None:
                         # Again, beside the now idle server: ratios use the higher one.
                         print("engine ceiling again, after the load ...", flush=True)
@@ -459,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  c={row['concurrency']:<3d} plain {row['plain_decode_tok_s']}  "
                       f"constrained {row['constrained_decode_tok_s']}  ratio {row['ratio']}")
         doc["comparison"] = rows
+        if repeat is not None:
+            doc["repeat"] = {**compare([repeat], ceiling, batch_cap)[0],
+                             "chatd_speculation": repeat_spec}
         paired = doc.get("c1_paired")
         if paired:
             print(f"\nc=1 paired with the B=1 ceiling ({paired['rounds']} rounds, each "
@@ -471,6 +558,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  CPU per token taken from decoding: server event loop "
                   f"{paired['server_event_loop_cpu_ms_per_token']} ms, load generator "
                   f"{paired['client_cpu_ms_per_token']} ms")
+        if doc.get("server_cpu"):
+            print("\nserver CPU per generated token, ms, over each closed-loop run (the "
+                  "engine thread includes its share of llama.cpp's compute)")
+            print(_format_cpu(doc["server_cpu"]))
+        if doc.get("rss"):
+            rss = doc["rss"]
+            growth = "-" if rss["growth"] is None else f"{100 * rss['growth']:+.1f}%"
+            print(f"\nserver RSS over {rss['requests']} requests (c={rss['concurrency']}, "
+                  f"{rss['max_tokens']} tokens each) after a {rss['warmup_requests']}-request "
+                  f"warm-up: {rss['rss_mib']} MiB, growth {growth} (target < 5%), "
+                  f"{rss['errors']} errors")
         if rows:
             print()
             again = " (the higher of the runs before and after the load)" \
@@ -478,7 +576,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server vs engine ceiling{again} ({args.max_tokens} tokens per request, "
                   "summed tok/s; ratio = server / ceiling)")
             print(format_comparison(rows))
-        if rc == 0 and any(r["errors"] for r in rows):
+            if "repeat" in doc:
+                rep = doc["repeat"]
+                print(f"repetitive workload (greedy 'repeat this text', c=1, chatd's default "
+                      f"speculation): {rep['server_tokens_per_s']} tok/s, B=1 ceiling "
+                      f"{rep['ceiling_tokens_per_s'] or '-'}, ratio {rep['ratio'] or '-'}; "
+                      f"{format_speculation(rep['chatd_speculation'])}")
+        checked = [*rows, *(doc[key] for key in ("repeat", "rss") if key in doc)]
+        if rc == 0 and any(r["errors"] for r in checked):
             rc = 1
     if hasattr(os, "getloadavg"):
         doc["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)

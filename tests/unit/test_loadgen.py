@@ -240,3 +240,24 @@ def test_cli_arguments_parse() -> None:
     args = parser.parse_args(["--url", "h:1", "--concurrency", "1,4", "--ban-token-ids", "0,2"])
     assert args.concurrency == [1, 4] and args.ban_token_ids == [0, 2]
     assert args.requests_per_client is None and args.json_path is None
+
+
+async def test_run_load_prompt_per_request_and_prompt_tokens() -> None:
+    """A prompt function gets (client, index); the warm-up is client -1. The usage's
+    prompt_tokens is kept per request and averaged in the summary."""
+    prompts: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        prompts.append(body["messages"][0]["content"])
+        usage = {"prompt_tokens": len(prompts[-1]), "completion_tokens": 2, "total_tokens": 0}
+        lines = [_chunk("a"), _chunk("b"), json.dumps({"choices": [], "usage": usage})]
+        text = "".join(f"data: {line}\n\n" for line in lines) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+    result = await run_load("http://fake", "m", 2, requests_per_client=2, max_tokens=2,
+                            prompt=lambda c, i: f"p{c}.{i}",
+                            transport=httpx.MockTransport(handler))
+    assert prompts[0] == "p-1.0" and sorted(prompts[1:]) == ["p0.0", "p0.1", "p1.0", "p1.1"]
+    assert all(r.prompt_tokens == 4 for r in result.requests)
+    assert result.summary()["prompt_tokens_mean"] == 4.0

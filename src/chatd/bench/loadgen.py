@@ -25,7 +25,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,6 +168,7 @@ class ChunkInfo:
     done: bool = False
     content: str = ""
     completion_tokens: int | None = None
+    prompt_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
 
@@ -198,6 +199,8 @@ def interpret_chunk(data: str, event: str = "message") -> ChunkInfo:
     usage = obj.get("usage")
     if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
         info.completion_tokens = usage["completion_tokens"]
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+        info.prompt_tokens = usage["prompt_tokens"]
     return info
 
 
@@ -216,6 +219,7 @@ class RequestResult:
     itls: list[float] = field(default_factory=list)  # gaps between content chunks
     content_chunks: int = 0
     completion_tokens: int = 0
+    prompt_tokens: int | None = None  # from the usage the server reports
     usage_reported: bool = False
     finish_reason: str | None = None
     error: str | None = None
@@ -375,6 +379,8 @@ def apply_event(result: RequestResult, ev: SSEEvent, now: float) -> bool:
     if info.completion_tokens is not None:
         result.completion_tokens = info.completion_tokens
         result.usage_reported = True
+    if info.prompt_tokens is not None:
+        result.prompt_tokens = info.prompt_tokens
     if info.finish_reason:
         result.finish_reason = info.finish_reason
     return info.done
@@ -392,6 +398,7 @@ async def _send_plain(
     usage = body.get("usage") or {}
     result.completion_tokens = int(usage.get("completion_tokens") or 0)
     result.usage_reported = "completion_tokens" in usage
+    result.prompt_tokens = usage.get("prompt_tokens")
     choices = body.get("choices") or [{}]
     result.finish_reason = choices[0].get("finish_reason")
 
@@ -454,6 +461,7 @@ class LoadResult:
         """The aggregate figures, JSON-ready (seconds, tokens/s)."""
         ok = self.ok_requests
         rates = [x for r in ok if (x := r.decode_tokens_per_s) is not None]
+        prompts = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
         return {
             "url": self.url,
             "model": self.model,
@@ -470,6 +478,7 @@ class LoadResult:
                 _round(1000 * self.client_cpu_s / self.completion_tokens, 3)
                 if self.client_cpu_s is not None and self.completion_tokens else None),
             "completion_tokens": self.completion_tokens,
+            "prompt_tokens_mean": round(sum(prompts) / len(prompts), 1) if prompts else None,
             "wall_s": round(self.wall_s, 3),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "ttft_p50_s": _round(self.ttft(50)),
@@ -552,7 +561,7 @@ async def run_load(
     requests_per_client: int | None = None,
     duration: float | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
-    prompt: str = DEFAULT_PROMPT,
+    prompt: str | Callable[[int, int], str] = DEFAULT_PROMPT,
     api_key: str | None = None,
     ban_tokens: list[int] | None = None,
     stream: bool = True,
@@ -571,7 +580,9 @@ async def run_load(
     If neither is given each client sends `default_requests_per_client(concurrency)`.
     One untimed warm-up request goes first (connection set-up, first-call costs).
     `model=None` asks the server's /v1/models. Request seeds are distinct:
-    `seed + 10000 * client + index`. `transport` replaces the network (tests).
+    `seed + 10000 * client + index`. `prompt` may be a function of (client, index)
+    (the warm-up asks for client -1), e.g. for prompts no cache has seen.
+    `transport` replaces the network (tests).
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -581,9 +592,11 @@ async def run_load(
     model_id = model or await detect_model(base, api_key, transport=transport)
     endpoint = "/chat/completions"
 
-    def payload(s: int | None, n_tokens: int) -> dict[str, Any]:
-        return build_payload(model_id, prompt, n_tokens, stream=stream, temperature=temperature,
-                             seed=s, ban_tokens=ban_tokens, extra=extra_body)
+    def payload(client_idx: int, index: int, n_tokens: int) -> dict[str, Any]:
+        text = prompt if isinstance(prompt, str) else prompt(client_idx, index)
+        return build_payload(model_id, text, n_tokens, stream=stream, temperature=temperature,
+                             seed=seed + 10000 * client_idx + index, ban_tokens=ban_tokens,
+                             extra=extra_body)
 
     # Clients are built before the clock starts: httpx builds an SSL context per
     # client (~25 ms of blocking CPU), which would otherwise stagger the starts and
@@ -601,7 +614,7 @@ async def run_load(
             if deadline is not None and time.perf_counter() >= deadline:
                 return
             res = RequestResult(client=client_idx, index=i, start=0.0)
-            await _send(client, endpoint, payload(seed + 10000 * client_idx + i, max_tokens), res,
+            await _send(client, endpoint, payload(client_idx, i, max_tokens), res,
                         plain[client_idx])
             results.append(res)
             i += 1
@@ -611,7 +624,7 @@ async def run_load(
     try:
         if warmup:
             warm = RequestResult(client=-1, index=0, start=0.0)
-            await _send(clients[0], endpoint, payload(seed - 1, min(max_tokens, 16)), warm,
+            await _send(clients[0], endpoint, payload(-1, 0, min(max_tokens, 16)), warm,
                         plain[0])
             warmup_error = warm.error
         deadline = None if duration is None else time.perf_counter() + duration
