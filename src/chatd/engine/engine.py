@@ -288,16 +288,16 @@ class Engine:
                    self.config.ctx_size - len(seq.tokens) - 1)
         if room <= 0:
             return []
+        line = self.step_cost.line()
+        always = self.config.speculate == "always"
+        if not always and best_length(1.0, room, rows, rows - 1, line) == 0:
+            return []  # not even a sure guess pays for its row: skip the lookup
         if seq.drafter is None:
             seq.drafter = NgramDrafter(seq.tokens)
         guess = seq.drafter.draft(room)
-        if not guess:
-            return []
-        if self.config.speculate == "always":
+        if always or not guess:
             return guess
-        length = best_length(seq.drafter.rate, len(guess), rows, rows - 1,
-                             self.step_cost.line())
-        return guess[:length]
+        return guess[:best_length(seq.drafter.rate, len(guess), rows, rows - 1, line)]
 
     def _verify(self, seq: Sequence, first_row: int, draft: list[int], at: float) -> None:
         """Sample the drafted rows in order, as if one at a time, up to the first token
