@@ -25,8 +25,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from chatd.config import Settings
-from chatd.engine.llama import KV_TYPES, init_backend, model_params
+from chatd.engine.llama import KV_CACHE_TYPE, init_backend, model_params
 from chatd.models.registry import bundled_model_path
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16)
@@ -149,7 +148,7 @@ class _Bench:
     """One model + one context, owned for the duration of the measurement."""
 
     def __init__(self, path: Path, n_ctx: int, n_batch: int, n_seq_max: int, threads: int,
-                 kv_unified: bool = True, kv_type: int = KV_TYPES[Settings.kv_cache]):
+                 kv_unified: bool = True, kv_type: int = KV_CACHE_TYPE):
         init_backend()
         self.model = lc.llama_model_load_from_file(str(path).encode(), model_params())
         if not self.model:
@@ -166,7 +165,7 @@ class _Bench:
         # Unified (the server's choice): one cell pool, so prefixes can be shared, but
         # each sequence's attention spans every occupied cell. Split: one stream each.
         cparams.kv_unified = kv_unified
-        # The server's default cache type (see chatd.engine.llama.KV_TYPES): the ceiling
+        # The server's cache types (see chatd.engine.llama.KV_CACHE_TYPE): the ceiling
         # must run the same kernels the server runs, or the ratio measures the cache.
         cparams.type_k = cparams.type_v = kv_type
         cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED

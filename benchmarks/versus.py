@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import llama_cpp as lc
+
 from benchmarks.ceiling import special_token_ids
 from benchmarks.probes import format_speculation, health, speculation
 from benchmarks.run import _free_port, chatd_server, server_process
@@ -68,9 +70,11 @@ from chatd.bench.loadgen import (
     run_load,
 )
 from chatd.config import Settings
-from chatd.engine.llama import default_threads
+from chatd.engine.llama import KV_CACHE_TYPE, default_threads
 from chatd.models.registry import bundled_model_path, default_model_name
 
+# llama-server's names for the KV cache types chatd may use.
+_KV_TYPE_NAMES = {lc.GGML_TYPE_F16: "f16", lc.GGML_TYPE_Q8_0: "q8_0"}
 N_BATCH = Settings.batch_tokens  # chatd serve's default tokens per llama_decode
 
 # Per sequence: a ~4,000-token prompt, the chat template and a few answer tokens.
@@ -105,7 +109,7 @@ def llama_server_command(binary: Path, model: Path, alias: str, port: int, threa
     the same-sampling extra: one unified KV pool of `kv_cells` in chatd's KV type,
     flash attention, 512-token batches, the same threads for decode and prompt
     processing, and unless `own_sampling`, OpenAI's sampling defaults."""
-    kv_type = Settings.kv_cache  # llama-server's -ctk names match chatd's --kv-cache
+    kv_type = _KV_TYPE_NAMES[KV_CACHE_TYPE]
     return [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
             "-t", str(threads), "-tb", str(threads), "-c", str(kv_cells), "-np", str(parallel),
             "--kv-unified", "-fa", "on", "-ctk", kv_type, "-ctv", kv_type,

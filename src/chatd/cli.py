@@ -33,13 +33,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefill-chunk", type=int, default=64,
                    help="prompt tokens processed per step while other sequences decode")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="a seeded request gives the same text whatever else runs beside it "
-                        "(other prompts prefilled in the same step, KV cache repacks): "
-                        "keys and values are kept as q8_0, which llama.cpp computes "
-                        "identically in any batch. Costs decode speed and much prompt speed")
-    p.add_argument("--kv-cache", choices=["f16", "q8_0"], default=None,
-                   help="KV cache type (default: f16, or q8_0 with --deterministic)")
+    p.add_argument("--kv-cache", choices=["q8_0", "f16"], default="q8_0",
+                   help="KV cache type. q8_0 (default): a seeded request gives the same "
+                        "text whatever else runs beside it. f16: prompts are processed "
+                        "2-3x faster at long lengths, but seeded outputs may change under "
+                        "concurrent load")
     p.add_argument("--speculate", choices=["ngram", "always", "off"], default="ngram",
                    help="ngram (default): while few sequences decode, guess the next tokens "
                         "from earlier text (prompt lookup) and check them in the same step, "
@@ -131,9 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ctx_size=args.ctx_size, kv_cells=args.kv_cells, parked_cells=args.parked_cells,
         max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
-        threads=args.threads, deterministic=args.deterministic,
-        kv_cache=args.kv_cache or ("q8_0" if args.deterministic else "f16"),
-        speculate=args.speculate,
+        threads=args.threads, kv_cache=args.kv_cache, speculate=args.speculate,
         max_n=args.max_n,
         max_body_bytes=args.max_body_bytes,
         api_keys=keys, log_level=args.log_level,

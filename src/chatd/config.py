@@ -26,8 +26,7 @@ class Settings:
     batch_tokens: int = 512            # tokens per llama_decode
     prefill_chunk: int = 64            # prompt tokens per step while others decode
     threads: int = 0                   # 0 = one per available core
-    deterministic: bool = False        # seeded outputs independent of concurrent load
-    kv_cache: str = "f16"              # "f16": fast; "q8_0": batch-invariant (deterministic)
+    kv_cache: str = "q8_0"             # "q8_0": batch-invariant; "f16": faster prompts
     speculate: str = "ngram"           # prompt-lookup drafts: "ngram" (when they pay),
                                        # "always", "off"
     max_n: int = 8                     # largest `n` one request may ask for

@@ -24,7 +24,7 @@ from chatd.chat.service import ChatService
 from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
 from chatd.engine.engine import Engine, EngineConfig
-from chatd.engine.llama import KV_TYPES, LlamaModel, LlamaSettings
+from chatd.engine.llama import KV_CACHE_TYPE, LlamaModel, LlamaSettings
 from chatd.models.registry import ModelFileError, ModelInfo, load_model_info
 
 log = logging.getLogger("chatd")
@@ -80,11 +80,7 @@ def build_runtime(settings: Settings) -> Runtime:
         raise ConfigError(f"--max-sequences is at most {max_slots} with this llama.cpp build")
     batch_tokens = max(settings.batch_tokens, settings.max_sequences)
 
-    if settings.deterministic and settings.kv_cache != "q8_0":
-        raise ConfigError("--deterministic needs the q8_0 KV cache: llama.cpp's f16 attention "
-                          "gives a sequence different logits when long prompts share its "
-                          "step or its cells move (python -m benchmarks.invariance --f16)")
-    kv_type = KV_TYPES[settings.kv_cache]
+    kv_type = KV_CACHE_TYPE if settings.kv_cache == "q8_0" else llama_cpp.GGML_TYPE_F16
     model = LlamaModel(info.path, LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 2,
                                                 type_k=kv_type, type_v=kv_type,
                                                 n_batch=batch_tokens, n_threads=settings.threads))
@@ -106,7 +102,7 @@ def build_runtime(settings: Settings) -> Runtime:
                               max_n=min(settings.max_n, settings.max_sequences))
     fingerprint = info.fingerprint({
         "ctx_size": ctx_size, "kv_cells": kv_cells, "batch_tokens": batch_tokens,
-        "kv_cache": settings.kv_cache, "deterministic": settings.deterministic,
+        "kv_cache": settings.kv_cache,
         "chatd": __version__, "llama_cpp": llama_cpp.__version__,
     })
     return Runtime(settings, info, model, engine, chat, info.name, ctx_size, fingerprint)

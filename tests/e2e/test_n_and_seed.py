@@ -1,9 +1,4 @@
-"""n > 1 choices and seed reproducibility (alone and under concurrent load).
-
-Reproducibility under load is what `--deterministic` guarantees, so this module runs
-against a server of its own in that mode (the default f16 cache may change a seeded
-output when long prompts share its steps or its cells are repacked).
-"""
+"""n > 1 choices and seed reproducibility (alone and under concurrent load)."""
 
 from __future__ import annotations
 
@@ -25,37 +20,6 @@ from .conftest import (
 LONG_PROMPT = "Write a long story about a dragon."
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def deterministic_url() -> Iterator[str]:
-    with running_server(["--deterministic"]) as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def client(deterministic_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=deterministic_url + "/v1", api_key="unused",
-                       max_retries=0, timeout=120.0) as c:
-        yield c
-
-
-@pytest.fixture
-async def aclient(deterministic_url: str):
-    async with openai.AsyncOpenAI(base_url=deterministic_url + "/v1", api_key="unused",
-                                  max_retries=0, timeout=120.0) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(deterministic_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=deterministic_url, timeout=120.0) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model_id(http: httpx.Client) -> str:
-    return http.get("/v1/models").json()["data"][0]["id"]
 
 N_PROMPT = "Tell me a fun fact about cats."
 
@@ -232,7 +196,7 @@ def test_seed_reproducible_across_a_prefix_cache_hit(client: openai.OpenAI,
 def fresh_server_url() -> Iterator[str]:
     """A server of its own: whether an idle moment can free cells depends on what
     earlier requests left in the cache, so this test starts from an empty one."""
-    with running_server(["--ctx-size", "2048", "--deterministic"]) as server:
+    with running_server(["--ctx-size", "2048"]) as server:
         yield server.url
 
 

@@ -1,8 +1,7 @@
 """Speculative decoding (prompt lookup) changes how many tokens a step emits, never
 which: a server that takes every guess (`--speculate always`) against one with
 speculation off. (The default, `ngram`, takes only the guesses that pay for their
-rows on the machine at hand, which on a compute-bound CPU can be none. Both run
-`--deterministic`, so that "the same text under load" holds by construction.)"""
+rows on the machine at hand, which on a compute-bound CPU can be none.)"""
 
 from __future__ import annotations
 
@@ -27,13 +26,13 @@ SETTINGS = [{"temperature": 0}, {"temperature": 1.0, "seed": 7},
 
 @pytest.fixture(scope="module")
 def plain_url() -> Iterator[str]:
-    with running_server(["--speculate", "off", "--deterministic"]) as server:
+    with running_server(["--speculate", "off"]) as server:
         yield server.url
 
 
 @pytest.fixture(scope="module")
 def spec_url() -> Iterator[str]:
-    with running_server(["--speculate", "always", "--deterministic"]) as server:
+    with running_server(["--speculate", "always"]) as server:
         yield server.url
 
 
