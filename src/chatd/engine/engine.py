@@ -25,7 +25,7 @@ from chatd.engine.llama import DecodeError, LlamaModel
 from chatd.engine.sampling import Sampler, log_softmax_at, top_ids
 from chatd.engine.scheduler import Scheduler, StepPlan
 from chatd.engine.sequence import Group, Sequence, Status
-from chatd.engine.speculate import NgramDrafter, StepCost, best_length, verify
+from chatd.engine.speculate import MAX_DRAFT, NgramDrafter, StepCost, best_length, verify
 from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob
 
 log = logging.getLogger("chatd.engine")
@@ -284,7 +284,7 @@ class Engine:
         in a step that already has `rows`; never past the sequence's token limit or
         the context, nor more than the KV pool can take as garbage."""
         params = seq.group.request.params
-        room = min(spare, params.max_new_tokens - seq.n_generated - 1,
+        room = min(spare, MAX_DRAFT, params.max_new_tokens - seq.n_generated - 1,
                    self.config.ctx_size - len(seq.tokens) - 1)
         if room <= 0:
             return []
@@ -324,15 +324,11 @@ class Engine:
             if seq.status is Status.FINISHED:  # a sibling's failure ended its group
                 continue
             draft = plan.drafts.get(seq)
-            if draft is not None:
-                try:
-                    self._verify(seq, row_index, draft, at)
-                except Exception:
-                    log.exception("sampling failed for request %d", seq.group.id)
-                    self._finish_group(seq.group, "error", "internal error while sampling")
-                continue
-            row = model.logits_row(row_index)
             try:
+                if draft is not None:
+                    self._verify(seq, row_index, draft, at)
+                    continue
+                row = model.logits_row(row_index)
                 if seq.status is Status.PREFILL:
                     seq.status = Status.DECODE
                     siblings = self.scheduler.fork(seq) if len(seq.group.seqs) > 1 else []
