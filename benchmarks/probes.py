@@ -75,16 +75,20 @@ class CpuSample:
     engine: float | None
     llama_workers: float | None
     tokens_generated: int
+    engine_host: float | None = None  # engine thread seconds in steps, outside llama_decode
 
     @classmethod
     def take(cls, pid: int, base: str) -> CpuSample:
         engine, *workers = threads_named(pid, ENGINE_THREAD) or [None]
+        counters = health(base)
+        host = counters.get("engine_host_seconds")
         return cls(process=_cpu_s(Path(f"/proc/{pid}/stat")),
                    event_loop=thread_cpu_s(pid),
                    engine=thread_cpu_s(pid, engine) if engine else None,
                    llama_workers=sum(thread_cpu_s(pid, t) or 0.0 for t in workers)
                    if workers else None,
-                   tokens_generated=int(health(base)["tokens_generated"]))
+                   tokens_generated=int(counters["tokens_generated"]),
+                   engine_host=float(host) if host is not None else None)
 
 
 def cpu_per_token(before: CpuSample, after: CpuSample) -> dict[str, Any]:
@@ -96,7 +100,8 @@ def cpu_per_token(before: CpuSample, after: CpuSample) -> dict[str, Any]:
         return round(1000 * (a - b) / tokens, 3) if a is not None and b is not None \
             and tokens > 0 else None
     return {"tokens": tokens, "engine_ms": ms("engine"), "event_loop_ms": ms("event_loop"),
-            "llama_workers_ms": ms("llama_workers"), "process_ms": ms("process")}
+            "llama_workers_ms": ms("llama_workers"), "process_ms": ms("process"),
+            "engine_host_ms": ms("engine_host")}
 
 
 def speculation(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

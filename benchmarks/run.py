@@ -175,9 +175,10 @@ async def _drive(url: str, args: argparse.Namespace, ban: list[int],
 def _format_cpu(rows: list[dict[str, Any]]) -> str:
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
-    lines = [f"{'conc':>4} {'engine':>8} {'llama.cpp workers':>18} {'event loop':>11} "
-             f"{'process':>8} {'tokens':>7}"]
-    lines += [f"{r['concurrency']:>4} {num(r['engine_ms']):>8} {num(r['llama_workers_ms']):>18} "
+    lines = [f"{'conc':>4} {'engine':>8} {'outside decode':>15} {'llama.cpp workers':>18} "
+             f"{'event loop':>11} {'process':>8} {'tokens':>7}"]
+    lines += [f"{r['concurrency']:>4} {num(r['engine_ms']):>8} "
+              f"{num(r.get('engine_host_ms')):>15} {num(r['llama_workers_ms']):>18} "
               f"{num(r['event_loop_ms']):>11} {num(r['process_ms']):>8} {r['tokens']:>7}"
               for r in rows]
     return "\n".join(lines)
@@ -560,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{paired['client_cpu_ms_per_token']} ms")
         if doc.get("server_cpu"):
             print("\nserver CPU per generated token, ms, over each closed-loop run (the "
-                  "engine thread includes its share of llama.cpp's compute)")
+                  "engine thread includes its share of llama.cpp's compute; 'outside "
+                  "decode' is its wall time in steps outside llama_decode: planning, "
+                  "sampling, handing tokens over)")
             print(_format_cpu(doc["server_cpu"]))
         if doc.get("rss"):
             rss = doc["rss"]

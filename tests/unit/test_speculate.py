@@ -6,6 +6,7 @@ import numpy as np
 
 from chatd.engine.sampling import Sampler
 from chatd.engine.speculate import (
+    EXPLORE_AFTER,
     NgramDrafter,
     StepCost,
     best_length,
@@ -50,6 +51,22 @@ def test_step_cost_learns_the_line() -> None:
         cost.observe(rows, 0.002 + 0.005 * rows)
     a, b = cost.line() or (0.0, 0.0)
     assert abs(a - 0.002) < 1e-6 and abs(b - 0.005) < 1e-6
+
+
+def test_a_line_resting_on_old_steps_asks_for_new_ones() -> None:
+    """A line fitted once (say on a noisy start) and never refitted, because no draft
+    made a step of another size since, turns stale, so the engine re-measures."""
+    cost = StepCost()
+    for rows in [1, 2, 1, 2, 1]:
+        cost.observe(rows, 0.01 * rows)
+    assert cost.line() is not None and not cost.stale()
+    for _ in range(EXPLORE_AFTER + 300):  # only one-row steps from now on
+        cost.observe(1, 0.01)
+        cost.line()
+    assert cost.stale()
+    cost.observe(4, 0.02)
+    cost.line()
+    assert not cost.stale()
 
 
 def test_draft_length_pays_for_its_rows() -> None:

@@ -16,7 +16,7 @@ from chatd.chat.service import ChatService
 @dataclass(frozen=True)
 class ServerContext:
     chat: ChatService
-    stats: Callable[[], dict[str, int]]
+    stats: Callable[[], dict[str, int | float]]
     model_name: str
     fingerprint: str
     created: int

@@ -34,7 +34,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class _LiveGauges(Collector):
     """Engine and admission-queue state, read at scrape time."""
 
-    def __init__(self, stats: Callable[[], dict[str, int]],
+    def __init__(self, stats: Callable[[], dict[str, int | float]],
                  queue: Callable[[], tuple[int, int]]) -> None:
         self._stats = stats
         self._queue = queue
@@ -80,10 +80,17 @@ class _LiveGauges(Collector):
                                   value=stats.get("prefix_cache_hit_tokens", 0))
         yield CounterMetricFamily("chatd_engine_steps", "Engine steps (llama_decode calls).",
                                   value=stats.get("steps", 0))
+        yield CounterMetricFamily("chatd_engine_decode_seconds",
+                                  "Engine thread time inside llama_decode.",
+                                  value=stats.get("engine_decode_seconds", 0.0))
+        yield CounterMetricFamily("chatd_engine_host_seconds",
+                                  "Engine thread time in steps outside llama_decode "
+                                  "(planning, sampling, handing tokens over).",
+                                  value=stats.get("engine_host_seconds", 0.0))
 
 
 class Metrics:
-    def __init__(self, stats: Callable[[], dict[str, int]],
+    def __init__(self, stats: Callable[[], dict[str, int | float]],
                  queue: Callable[[], tuple[int, int]]) -> None:
         disable_created_metrics()  # the *_created series only add noise here
         self.registry = CollectorRegistry(auto_describe=True)

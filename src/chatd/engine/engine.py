@@ -22,10 +22,19 @@ import numpy as np
 
 from chatd.engine.constraint import GrammarCompiler
 from chatd.engine.llama import DecodeError, LlamaModel
-from chatd.engine.sampling import Sampler, log_softmax_at, top_ids
+from chatd.engine.sampling import Sampler, log_softmax_at, sample_plain, top_ids
 from chatd.engine.scheduler import Scheduler, StepPlan
 from chatd.engine.sequence import Group, Sequence, Status
-from chatd.engine.speculate import MAX_DRAFT, NgramDrafter, StepCost, best_length, verify
+from chatd.engine.speculate import (
+    EXPLORE_DRAFT,
+    EXPLORE_RATE,
+    MAX_DRAFT,
+    SURE_RATE,
+    NgramDrafter,
+    StepCost,
+    best_length,
+    verify,
+)
 from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob
 
 log = logging.getLogger("chatd.engine")
@@ -112,6 +121,8 @@ class Engine:
         self.tokens_generated = 0
         self.drafted_tokens = 0
         self.accepted_tokens = 0
+        self.decode_seconds = 0.0  # inside llama_decode
+        self.host_seconds = 0.0    # the rest of each step: planning, sampling, events
         self.step_cost = StepCost()  # what a decode step's rows cost: sizes the drafts
         self._decode_step_s: float | None = None
 
@@ -173,7 +184,7 @@ class Engine:
         """False once the engine thread has died: every request would wait forever."""
         return self._thread is None or self._thread.is_alive()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         running, cached = self.scheduler.cells_in_use()
         return {
             "running_sequences": len(self.scheduler.running),
@@ -193,6 +204,8 @@ class Engine:
             "tokens_generated": self.tokens_generated,
             "spec_drafted_tokens": self.drafted_tokens,
             "spec_accepted_tokens": self.accepted_tokens,
+            "engine_decode_seconds": round(self.decode_seconds, 6),
+            "engine_host_seconds": round(self.host_seconds, 6),
         }
 
     # ---- the thread -----------------------------------------------------------------
@@ -200,6 +213,7 @@ class Engine:
     def _run(self) -> None:
         sched = self.scheduler
         while not self._stopping:
+            began = time.perf_counter()
             while self._inbox:
                 sched.add(self._inbox.popleft())
             if self._abort_requested:
@@ -217,6 +231,7 @@ class Engine:
                 self._wake.clear()
                 continue
             started = time.perf_counter()
+            self.host_seconds += started - began
             try:
                 self.model.decode(plan.tokens, plan.positions, plan.seq_ids, plan.logits)
             except DecodeError as exc:
@@ -232,6 +247,8 @@ class Engine:
             self._sample(plan, decoded)
             for group in {seq.group for seq, _ in plan.advanced}:
                 group.flush()
+            self.decode_seconds += decoded - started
+            self.host_seconds += time.perf_counter() - decoded
         # Shutting down: nobody may wait forever on a stream.
         running = list(sched.running)
         for seq in running:
@@ -290,12 +307,22 @@ class Engine:
             return []
         line = self.step_cost.line()
         always = self.config.speculate == "always"
-        if not always and best_length(1.0, room, rows, rows - 1, line) == 0:
+        # A short draft now and then measures what nothing else would: how often this
+        # sequence's guesses are right (its first draft) and what rows cost when the
+        # cost line rests on old steps (StepCost.stale).
+        drafter = seq.drafter
+        explore = not always and (drafter is None or not drafter.tried or (
+            self.step_cost.stale() and drafter.rate >= EXPLORE_RATE))
+        if not (always or explore) and best_length(1.0, room, rows, rows - 1, line) == 0:
             return []  # not even a sure guess pays for its row: skip the lookup
         if seq.drafter is None:
             seq.drafter = NgramDrafter(seq.tokens)
         guess = seq.drafter.draft(room)
         if always or not guess:
+            return guess
+        if explore:
+            return guess[:EXPLORE_DRAFT]
+        if seq.drafter.rate >= SURE_RATE:
             return guess
         return guess[:best_length(seq.drafter.rate, len(guess), rows, rows - 1, line)]
 
@@ -318,8 +345,25 @@ class Engine:
         assert seq.drafter is not None
         seq.drafter.feedback(len(draft), accepted)
 
+    def _sample_plain(self, plan: StepPlan) -> dict[Sequence, int]:
+        """Tokens for the step's plain decode rows (no grammar, draft, penalty, bias or
+        truncation), sampled together; the other rows are sampled one by one."""
+        plain = [(seq, row) for seq, row in plan.samplers
+                 if seq.status is Status.DECODE and seq.sampler.plain
+                 and seq.constraint is None and seq not in plan.drafts]
+        if len(plain) < 2:
+            return {}
+        try:
+            rows = self.model.logits_rows([row for _, row in plain])
+            tokens = sample_plain([seq.sampler for seq, _ in plain], rows)
+        except Exception:
+            log.exception("batched sampling failed; sampling the rows one by one")
+            return {}
+        return {seq: token for (seq, _), token in zip(plain, tokens, strict=True)}
+
     def _sample(self, plan: StepPlan, at: float) -> None:
         model = self.model
+        picked = self._sample_plain(plan)
         for seq, row_index in plan.samplers:
             if seq.status is Status.FINISHED:  # a sibling's failure ended its group
                 continue
@@ -335,16 +379,19 @@ class Engine:
                     for sib in siblings:
                         sib.status = Status.DECODE
                         self._emit_token(sib, row, at)
-                self._emit_token(seq, row, at)
+                self._emit_token(seq, row, at, picked.get(seq))
             except Exception:
                 # A bug in one request's sampling must not take the engine down with it.
                 log.exception("sampling failed for request %d", seq.group.id)
                 self._finish_group(seq.group, "error", "internal error while sampling")
 
-    def _emit_token(self, seq: Sequence, row: np.ndarray, at: float) -> None:
+    def _emit_token(self, seq: Sequence, row: np.ndarray, at: float,
+                    token: int | None = None) -> None:
+        """Append the sequence's next token (sampled from `row` unless already picked)."""
         params = seq.group.request.params
         constraint = seq.constraint
-        token = seq.sampler.sample(row, constraint.disallowed() if constraint else None)
+        if token is None:
+            token = seq.sampler.sample(row, constraint.disallowed() if constraint else None)
         seq.sampler.accept(token)
         seq.tokens.append(token)
         seq.n_generated += 1

@@ -250,6 +250,20 @@ class LlamaModel:
             self._row_views[addr] = row
         return row
 
+    def logits_rows(self, batch_indices: list[int]) -> np.ndarray:
+        """The output rows of these batch rows as one [k, n_vocab] array: a zero-copy
+        view when llama.cpp stored them back to back (every decode-only step), else a
+        stacked copy. Valid until the next decode."""
+        addrs = [self._logits_ith(self._ctx, i) for i in batch_indices]
+        if not all(addrs):
+            raise RuntimeError(f"llama.cpp has no logits for some of the rows {batch_indices}")
+        stride = self.n_vocab * ctypes.sizeof(ctypes.c_float)
+        first = addrs[0]
+        if all(a == first + j * stride for j, a in enumerate(addrs)):
+            block = (ctypes.c_float * (self.n_vocab * len(addrs))).from_address(first)
+            return np.ctypeslib.as_array(block).reshape(len(addrs), self.n_vocab)
+        return np.stack([self.logits_row(i) for i in batch_indices])
+
     # ---- KV cache -----------------------------------------------------------------
 
     def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -85,6 +85,10 @@ class Sampler:
             or params.presence_penalty or params.frequency_penalty
             or params.repetition_penalty != 1.0
         )
+        # Rows drawn from the whole distribution, or argmax, are sampled a whole step
+        # at a time by `sample_plain` (when no grammar masks them).
+        self.plain = self.greedy or (
+            not 0 < params.top_k < n_vocab and params.top_p >= 1.0 and params.min_p <= 0.0)
 
     def accept(self, token: int) -> None:
         """Record a generated token for the penalties."""
@@ -103,13 +107,23 @@ class Sampler:
         """
         if not self._transforms and mask is None and scale == 1.0:
             return row
-        p = self.params
         x = _scratch_row(self.n_vocab)
-        k = np.float32(scale)
         if scale == 1.0:
             np.copyto(x, row)
         else:
-            np.multiply(row, k, out=x)
+            np.multiply(row, np.float32(scale), out=x)
+        self.transform(x, scale)
+        if mask is not None:
+            x[mask] = _NEG_INF
+        return x
+
+    def transform(self, x: np.ndarray, scale: float = 1.0) -> None:
+        """Apply bias, penalties and bans in place to a row already multiplied by
+        `scale`."""
+        if not self._transforms:
+            return
+        p = self.params
+        k = np.float32(scale)
         if len(self._bias_ids):
             x[self._bias_ids] += self._bias_vals * k
         if self._counts and (p.presence_penalty or p.frequency_penalty):
@@ -126,9 +140,6 @@ class Sampler:
             x[self._banned] = _NEG_INF
         if self._only is not None:
             x[self._only] = _NEG_INF
-        if mask is not None:
-            x[mask] = _NEG_INF
-        return x
 
     def sample(self, row: np.ndarray, mask: np.ndarray | None = None) -> int:
         """Pick the next token from a raw logits row.
@@ -176,6 +187,63 @@ class Sampler:
         return int(cand[i]) if cand is not None else i
 
 
+def sample_plain(samplers: Sequence[Sampler], rows: np.ndarray) -> list[int]:
+    """One token for each plain sampler (`Sampler.plain`, no grammar mask), `rows[i]`
+    being the logits row of `samplers[i]`: the tokens `Sampler.sample` picks row by row.
+
+    A step's rows go through each vectorised pass together (one argmax over the
+    untransformed greedy rows; one scale, max, exp2 and block-sum over the drawn ones),
+    so a step of B sequences pays numpy's per-call cost a dozen times instead of a
+    dozen times B. Each sampler still draws one number from its own generator per token.
+    """
+    out = [0] * len(samplers)
+    greedy = [i for i, s in enumerate(samplers) if s.greedy and not s._transforms]
+    drawn = [i for i, s in enumerate(samplers) if not s.greedy]
+    for i, s in enumerate(samplers):
+        if s.greedy and s._transforms:
+            out[i] = s.sample(rows[i])
+    if greedy:
+        sub = rows if len(greedy) == len(samplers) else rows[greedy]
+        best = np.argmax(sub, axis=1)
+        finite = np.isfinite(sub[np.arange(len(greedy)), best])
+        for j, i in enumerate(greedy):
+            out[i] = int(best[j]) if finite[j] else _best_finite(sub[j])
+    if not drawn:
+        return out
+    scales = [_LOG2_E / samplers[i].params.temperature for i in drawn]
+    x = np.multiply(rows[drawn], np.array(scales, dtype=np.float32)[:, None])  # a fresh copy
+    for j, i in enumerate(drawn):
+        samplers[i].transform(x[j], scales[j])
+    peaks = _peak(x, axis=1)
+    us = [samplers[i].rng.random() for i in drawn]  # one draw per token, as in sample()
+    finite = np.isfinite(peaks)
+    for j in np.flatnonzero(~finite):  # overflowed rows: their best finite token
+        out[drawn[j]] = _best_finite(x[j])
+    with np.errstate(invalid="ignore"):  # (those rows turn to NaN here, unused)
+        np.subtract(x, peaks[:, None], out=x)
+        np.exp2(x, out=x)
+    n = x.shape[1]
+    if n % _BLOCK == 0 and n > 4 * _BLOCK:
+        blocks = x.reshape(len(drawn), n // _BLOCK, _BLOCK)
+        sums = _accumulate(_reduce(blocks, axis=2), axis=1, dtype=np.float64)
+        for j, i in enumerate(drawn):
+            if finite[j]:
+                out[i] = _draw_blocks(blocks[j], sums[j], us[j])
+    else:
+        for j, i in enumerate(drawn):
+            if finite[j]:
+                out[i] = _draw(x[j], us[j])
+    return out
+
+
+def _draw_blocks(blocks: np.ndarray, sums: np.ndarray, u: float) -> int:
+    """`_draw`'s second level, given the [n_blocks, _BLOCK] weights and their running
+    block sums."""
+    target = u * sums[-1]
+    b = _first_above(sums, target, None)
+    inner = _accumulate(blocks[b], dtype=np.float64)
+    j = _first_above(inner, target - (sums[b - 1] if b else 0.0), blocks[b])
+    return min(b * _BLOCK + j, blocks.size - 1)
 
 
 def _draw(weights: np.ndarray, u: float) -> int:
@@ -197,11 +265,7 @@ def _draw(weights: np.ndarray, u: float) -> int:
     padded = weights if n == n_blocks * _BLOCK else np.pad(weights, (0, n_blocks * _BLOCK - n))
     blocks = padded.reshape(n_blocks, _BLOCK)
     sums = _accumulate(_reduce(blocks, axis=1), dtype=np.float64)
-    target = u * sums[-1]
-    b = _first_above(sums, target, None)
-    inner = _accumulate(blocks[b], dtype=np.float64)
-    j = _first_above(inner, target - (sums[b - 1] if b else 0.0), blocks[b])
-    return min(b * _BLOCK + j, n - 1)
+    return min(_draw_blocks(blocks, sums, u), n - 1)
 
 
 def _first_above(cdf: np.ndarray, target: float, weights: np.ndarray | None) -> int:
