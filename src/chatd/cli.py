@@ -1,4 +1,4 @@
-"""`chatd serve` and `chatd bench`: argument parsing and start-up wiring."""
+"""`chatd serve`, `chatd chat` and `chatd bench`: argument parsing and start-up wiring."""
 
 from __future__ import annotations
 
@@ -45,6 +45,18 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         "always: every guess, whatever it costs. off: one token per step. "
                         "Outputs are exactly those without speculation")
     p.add_argument("--max-n", type=int, default=8, help="largest `n` a request may ask for")
+    media = p.add_argument_group("image and audio input")
+    media.add_argument("--mmproj", type=Path, default=None, metavar="PATH",
+                       help="multimodal projector GGUF for --model (llama.cpp/libmtmd): "
+                       "requests may then carry image_url / input_audio parts")
+    media.add_argument("--media-fetch", default=None, metavar="HOSTS",
+                       help="comma-separated hosts (or addresses/networks, which may be "
+                       "private) whose http(s) image URLs the server may fetch; default: "
+                       "none, only data: URLs")
+    media.add_argument("--media-max-bytes", type=_positive_int, default=10 * 1024 * 1024,
+                       help="largest image fetched from a URL (default 10 MB)")
+    media.add_argument("--media-timeout", type=_non_negative_float, default=10.0,
+                       help="seconds to fetch an image URL (default 10)")
     p.add_argument("--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024,
                    help="largest request body accepted; larger ones get 413 (default 4 MiB)")
 
@@ -71,7 +83,19 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         help="seconds a request may wait for a free sequence before a 503 "
                              "(default 120)")
 
+    stored = p.add_argument_group("stored completions (`store: true`)")
+    stored.add_argument("--store", default=None, metavar="PATH|postgresql://...|off",
+                        help="where completions created with `store: true` are kept: a SQLite "
+                             "file (default: $XDG_DATA_HOME/chatd/store.sqlite3, else "
+                             "~/.local/share/chatd/store.sqlite3), a PostgreSQL URL shared "
+                             "by several replicas, or 'off' (then `store: true` gets a 400)")
+    stored.add_argument("--store-max-age", type=_duration, default=None, metavar="AGE",
+                        help="delete stored completions older than this, in the background "
+                             "(e.g. 30d, 12h, 90m; default: keep them)")
+
     ops = p.add_argument_group("operations")
+    ops.add_argument("--no-webui", action="store_true",
+                     help="do not serve the chat page at / (the API is unchanged)")
     ops.add_argument("--shutdown-grace", type=_non_negative_float, default=30.0,
                      help="on SIGTERM/SIGINT, seconds in-flight requests get to finish before "
                           "they are ended (streams with a final chunk and [DONE]; default 30)")
@@ -81,6 +105,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"],
                    help="debug also shows llama.cpp's own log")
+
+    cluster = p.add_argument_group("cluster (Ray Serve; needs `pip install 'chatd[ray]'`)")
+    cluster.add_argument("--replicas", type=_positive_int, default=None,
+                         help="serve with N engine replicas on Ray Serve, each one model "
+                              "and KV cache, a chat's turns routed to the same replica; "
+                              "--threads is then each replica's CPUs and llama.cpp threads "
+                              "(default: this machine's cores / N, or 1 on a cluster)")
+    cluster.add_argument("--ray-address", default=None, metavar="ADDR",
+                         help="deploy on an existing Ray cluster ('auto': the one this "
+                              "machine joined) instead of starting Ray here")
 
 
 def _positive_int(text: str) -> int:
@@ -104,6 +138,15 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    from chatd.store.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     from chatd.bench import loadgen
 
@@ -111,11 +154,20 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     loadgen.add_arguments(p)
 
 
+def _chat_parser(sub: argparse._SubParsersAction) -> None:
+    from chatd.terminal import main as chat
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal (in-process, or "
+                                    "--base-url for a server)")
+    chat.add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _bench_parser(sub)
+    _chat_parser(sub)
     return parser
 
 
@@ -130,6 +182,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
         threads=args.threads, kv_cache=args.kv_cache, speculate=args.speculate,
+        mmproj=args.mmproj, media_fetch=args.media_fetch,
+        media_max_bytes=args.media_max_bytes, media_timeout=args.media_timeout,
         max_n=args.max_n,
         max_body_bytes=args.max_body_bytes,
         api_keys=keys, log_level=args.log_level,
@@ -137,11 +191,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_queue=args.max_queue, max_queue_wait=args.max_queue_wait,
         shutdown_grace=args.shutdown_grace, access_log=args.access_log,
         metrics_require_key=args.metrics_require_key,
+        store=args.store, store_max_age=args.store_max_age,
+        webui=not args.no_webui,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "chat":
+        from chatd.terminal import main as chat
+
+        sys.exit(chat.run(args))
     if args.command == "bench":
         from chatd.bench import loadgen
 
@@ -159,8 +219,22 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("chatd.llama.cpp").setLevel(logging.WARNING)
     from chatd.server import ConfigError, serve
 
+    if args.replicas is not None or args.ray_address is not None:
+        sys.exit(_serve_cluster(settings, args.replicas or 1, args.ray_address))
     try:
         serve(settings)
     except ConfigError as exc:
         print(f"chatd: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def _serve_cluster(settings: Settings, replicas: int, ray_address: str | None) -> int:
+    """`--replicas` / `--ray-address`: the same server, on Ray Serve (chatd.cluster)."""
+    try:
+        from chatd.cluster import launcher
+    except ImportError:  # pragma: no cover - depends on the install
+        print("chatd: --replicas and --ray-address need Ray Serve: "
+              "pip install 'chatd[ray]'", file=sys.stderr)
+        return 2
+    launcher.run(settings, replicas, ray_address)
+    return 0

@@ -30,6 +30,10 @@ class Settings:
     speculate: str = "ngram"           # prompt-lookup drafts: "ngram" (when they pay),
                                        # "always", "off"
     max_n: int = 8                     # largest `n` one request may ask for
+    mmproj: Path | None = None         # multimodal projector: image/audio input
+    media_fetch: str | None = None     # hosts whose image URLs may be fetched
+    media_max_bytes: int = 10 * 1024 * 1024
+    media_timeout: float = 10.0
     max_body_bytes: int = 4 * 1024 * 1024
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     log_level: str = "info"
@@ -41,6 +45,11 @@ class Settings:
     shutdown_grace: float = 30.0       # seconds in-flight requests get after SIGTERM
     access_log: str | None = None      # None = off, "-" = stdout, else a file path
     metrics_require_key: bool = False  # /metrics asks for an API key too
+    # stored completions (`store: true`)
+    store: str | None = None           # None: SQLite in the user's data directory; a file
+                                       # path, a postgresql:// URL, or "off"
+    store_max_age: float | None = None  # seconds a stored completion is kept; None: always
+    webui: bool = True                 # the chat page at / (--no-webui: off)
 
     @staticmethod
     def keys_from_env() -> tuple[str, ...]:

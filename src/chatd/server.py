@@ -20,12 +20,16 @@ from chatd import __version__
 from chatd.api.app import create_app
 from chatd.api.context import ServerContext
 from chatd.api.metering import MeteredChatService
+from chatd.chat.media import MediaPolicy
 from chatd.chat.service import ChatService
 from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
 from chatd.engine.engine import Engine, EngineConfig
-from chatd.engine.llama import KV_CACHE_TYPE, LlamaModel, LlamaSettings
+from chatd.engine.llama import KV_CACHE_TYPE, LlamaModel, LlamaSettings, default_threads
+from chatd.engine.multimodal import MediaError, Projector
 from chatd.models.registry import ModelFileError, ModelInfo, load_model_info
+from chatd.store import CompletionStore
+from chatd.webui.routes import install as install_webui
 
 log = logging.getLogger("chatd")
 
@@ -48,9 +52,12 @@ class Runtime:
     model_name: str
     ctx_size: int
     fingerprint: str
+    store: CompletionStore | None = None  # opened and closed by the app's lifespan
 
     def close(self) -> None:
         self.engine.stop()
+        if self.engine.projector is not None:
+            self.engine.projector.close()
         self.model.close()
 
 
@@ -84,11 +91,12 @@ def build_runtime(settings: Settings) -> Runtime:
     model = LlamaModel(info.path, LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 2,
                                                 type_k=kv_type, type_v=kv_type,
                                                 n_batch=batch_tokens, n_threads=settings.threads))
+    projector = _load_projector(settings, model)
     engine = Engine(model, EngineConfig(
         max_running=settings.max_sequences, n_slots=n_slots, ctx_size=ctx_size,
         batch_tokens=batch_tokens, prefill_chunk=max(1, settings.prefill_chunk),
         epoch_cells=max(ctx_size, 8192), park_cells=settings.parked_cells,
-        speculate=settings.speculate))
+        speculate=settings.speculate), projector)
     template_source = info.chat_template
     if template_source is None:
         log.warning("%s has no chat template in its metadata; using the built-in ChatML "
@@ -98,14 +106,32 @@ def build_runtime(settings: Settings) -> Runtime:
         bos_token=model.token_text(model.bos_id) if model.bos_id >= 0 else "",
         eos_token=model.token_text(model.eos_id) if model.eos_id >= 0 else "",
     )
+    media_policy = MediaPolicy.parse(settings.media_fetch, max_bytes=settings.media_max_bytes,
+                                     timeout_s=settings.media_timeout)
     chat = MeteredChatService(engine, template, ctx_size=ctx_size,
-                              max_n=min(settings.max_n, settings.max_sequences))
+                              max_n=min(settings.max_n, settings.max_sequences),
+                              media_policy=media_policy)
     fingerprint = info.fingerprint({
         "ctx_size": ctx_size, "kv_cells": kv_cells, "batch_tokens": batch_tokens,
         "kv_cache": settings.kv_cache,
+        "mmproj": settings.mmproj.name if settings.mmproj else None,
         "chatd": __version__, "llama_cpp": llama_cpp.__version__,
     })
     return Runtime(settings, info, model, engine, chat, info.name, ctx_size, fingerprint)
+
+
+def _load_projector(settings: Settings, model: LlamaModel) -> Projector | None:
+    if settings.mmproj is None:
+        return None
+    if not settings.mmproj.is_file():
+        raise ConfigError(f"--mmproj {settings.mmproj}: no such file")
+    try:
+        projector = Projector(settings.mmproj, model.handle,
+                              n_threads=settings.threads or default_threads())
+    except MediaError as exc:
+        raise ConfigError(str(exc)) from exc
+    log.info("projector %s: input %s", settings.mmproj.name, ", ".join(projector.modalities))
+    return projector
 
 
 SHUTDOWN_MARGIN_S = 5.0
@@ -133,6 +159,8 @@ class _Server(uvicorn.Server):
                      "%d sequences per step)", rt.settings.host, rt.settings.port,
                      rt.model_name, rt.info.path.name, rt.ctx_size,
                      rt.settings.max_sequences)
+            if rt.settings.webui:
+                log.info("chat page at http://%s:%d/", rt.settings.host, rt.settings.port)
 
     async def shutdown(self, sockets: list | None = None) -> None:
         grace = self.runtime.settings.shutdown_grace
@@ -200,10 +228,30 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def open_store(settings: Settings) -> CompletionStore | None:
+    """`--store`: opened and migrated now, before the model loads, so a store that
+    cannot be used stops the start-up with one line; the app reconnects on its loop."""
+    if settings.store == "off":
+        log.info("stored completions are off (--store off): `store: true` gets a 400")
+        return None
+    try:
+        store = CompletionStore.from_spec(settings.store, max_age=settings.store_max_age)
+        found = store.prepare()
+    except Exception as exc:  # a bad path or URL, the database unreachable, a newer schema
+        raise ConfigError(f"cannot open the completion store: {exc}") from exc
+    log.info("stored completions in %s%s", store.location,
+             " (new)" if found == 0 else "")
+    return store
+
+
 def serve(settings: Settings) -> None:
+    store = open_store(settings)
     runtime = build_runtime(settings)
+    runtime.store = store
     runtime.engine.start()
     app = create_app(runtime)
+    if settings.webui:
+        install_webui(app)
     _warn_if_open(settings, app.state.ctx.auth.tags)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning",

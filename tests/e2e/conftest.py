@@ -59,8 +59,11 @@ class ServerProcess:
         os.close(fd)
         self.log_path = Path(name)
         self._log = self.log_path.open("wb")
+        # Stored completions go to a file of this server's own, never the user's home.
+        self.store_path = self.log_path.with_suffix(".sqlite3")
+        store = [] if "--store" in extra_args else ["--store", str(self.store_path)]
         cmd = [sys.executable, "-m", "chatd", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), *extra_args, *EXTRA_SERVER_ARGS]
+               "--port", str(self.port), *store, *extra_args, *EXTRA_SERVER_ARGS]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -123,6 +126,9 @@ def running_server(extra_args: list[str]) -> Iterator[ServerProcess]:
         server.stop()
         with contextlib.suppress(OSError):
             server.log_path.unlink()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                Path(f"{server.store_path}{suffix}").unlink()
 
 
 @pytest.fixture(scope="session")

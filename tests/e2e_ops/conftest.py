@@ -52,8 +52,10 @@ class Server:
         self._log = log_path.open("wb")
         # One llama.cpp thread: with two threads on two busy cores, llama.cpp's barrier
         # spin-waits can slow a token down to seconds; one thread degrades gracefully.
+        # Stored completions go to a file beside the log, never the user's home.
+        store = [] if "--store" in args else ["--store", str(log_path.with_suffix(".sqlite3"))]
         self.cmd = [sys.executable, "-m", "chatd", "serve", "--host", host,
-                    "--port", str(self.port), "--threads", "1", *args]
+                    "--port", str(self.port), "--threads", "1", *store, *args]
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL,
                                      env={**os.environ, **(env or {})})

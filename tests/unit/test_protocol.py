@@ -433,4 +433,5 @@ def test_completion_with_logprobs_and_tool_calls() -> None:
 def test_model_list_shape() -> None:
     data = json.loads(ModelList(data=[ModelCard(id="m", created=1, owned_by="chatd")]).to_json())
     assert data == {"object": "list",
-                    "data": [{"id": "m", "object": "model", "created": 1, "owned_by": "chatd"}]}
+                    "data": [{"id": "m", "object": "model", "created": 1, "owned_by": "chatd",
+                              "input_modalities": ["text"]}]}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -20,7 +21,8 @@ from chatd.api.metrics import Metrics
 from chatd.api.middleware import RequestContextMiddleware
 from chatd.api.openapi import install_openapi
 from chatd.api.ratelimit import RateLimiter
-from chatd.api.routes import chat, completions, health, metrics, models
+from chatd.api.routes import chat, completions, health, metrics, models, responses, stored
+from chatd.api.storing import CompletionStorage
 from chatd.chat.service import ChatService
 from chatd.config import Settings
 
@@ -56,12 +58,36 @@ async def _unencodable_text(request: Request, exc: Exception) -> JSONResponse:
         code="invalid_value").to_response()
 
 
+def _lifespan(store: CompletionStorage | None) -> Callable[[FastAPI], Any]:
+    """The store connects on the server's own loop (its connections belong to it) and
+    closes after the last response, once every write still running has finished."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if store is not None:
+            await store.start()
+        try:
+            yield
+        finally:
+            running = getattr(app.state, "background_responses", None)
+            if running is not None:  # background Responses: cancelled, status written
+                await running.close()
+            if store is not None:
+                await store.close()
+
+    return lifespan
+
+
 def create_app(runtime: Backend) -> FastAPI:
     settings = runtime.settings
-    app = FastAPI(title="chatd", version=__version__,
+    # Stored completions (`store: true`): None with --store off, and in bare test apps.
+    store: CompletionStorage | None = getattr(runtime, "store", None)
+    app = FastAPI(title="chatd", version=__version__, lifespan=_lifespan(store),
                   description="OpenAI-compatible Chat Completions on a local model.")
     auth = KeyChecker(settings.api_keys)
-    limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+    # A cluster replica brings limits shared by the whole deployment (chatd.cluster.limits).
+    limiter: RateLimiter = getattr(runtime, "limiter", None) or RateLimiter(
+        settings.requests_per_minute, settings.tokens_per_minute)
     admission = AdmissionGate(settings.max_sequences, max_queue=settings.max_queue,
                               max_wait=settings.max_queue_wait)
     meters = Metrics(runtime.engine.stats, lambda: (admission.depth, admission.in_use))
@@ -86,6 +112,9 @@ def create_app(runtime: Backend) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(stored.router)
+    app.include_router(responses.router)
+    app.state.store = store
     install_openapi(app)
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Discriminator, Tag
 from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatd.api import protocol
+from chatd.api import protocol, protocol_responses
 from chatd.chat.errors import ChatRequestError
 
 log = logging.getLogger("chatd.api")
@@ -523,7 +523,9 @@ _RESPONSE_MODELS = frozenset(cls.__name__ for cls in (
 
 # The body model of each route whose body is not a ChatCompletionRequest, so that a
 # schema error's ``param`` is the path the client wrote in that body.
-_BODY_MODELS: dict[str, type[BaseModel]] = {"/v1/completions": protocol.CompletionRequest}
+_BODY_MODELS: dict[str, type[BaseModel]] = {
+    "/v1/completions": protocol.CompletionRequest,
+    "/v1/responses": protocol_responses.CreateResponseRequest}
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

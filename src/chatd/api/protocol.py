@@ -18,6 +18,7 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -434,6 +435,38 @@ class PromptCacheOptions(_Loose):
 
 _TOKEN_ID = re.compile(r"^[0-9]+$")
 
+METADATA_MAX_PAIRS = 16
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    """OpenAI's limit on ``metadata`` (keys (64) and values (512) are limited by type),
+    and text any database can hold: no NUL, no unpaired surrogate (``"\\ud800"``)."""
+    if len(value) > METADATA_MAX_PAIRS:
+        raise ValueError(f"too many properties. Expected an object with at most "
+                         f"{METADATA_MAX_PAIRS} properties, but got an object with "
+                         f"{len(value)} properties instead")
+    for text in (*value, *value.values()):
+        if "\x00" in text or _unpaired_surrogate(text):
+            raise ValueError("keys and values must be text without NUL characters or "
+                             "unpaired surrogates")
+    return value
+
+
+def _unpaired_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    AfterValidator(_check_metadata),
+    Field(json_schema_extra={"maxProperties": METADATA_MAX_PAIRS}),
+]
+"""Up to 16 string pairs, keys at most 64 characters, values at most 512 (OpenAI's)."""
+
 # ---------------------------------------------------------------------------- request
 
 
@@ -486,7 +519,7 @@ class ChatCompletionRequest(_Strict):
     verbosity: Literal["low", "medium", "high"] | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
     store: bool | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     prediction: PredictionContent | None = None
     web_search_options: WebSearchOptions | None = None
     moderation: ModerationParam | None = None
@@ -612,11 +645,12 @@ class Usage(BaseModel):
 
     @classmethod
     def from_counts(cls, prompt_tokens: int, completion_tokens: int,
-                    cached_tokens: int = 0) -> Usage:
+                    cached_tokens: int = 0, audio_tokens: int = 0) -> Usage:
         """Build usage with ``total_tokens`` computed, so it can never disagree."""
         return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                    total_tokens=prompt_tokens + completion_tokens,
-                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens,
+                                                             audio_tokens=audio_tokens))
 
 
 class TopLogprob(BaseModel):
@@ -799,6 +833,59 @@ class ContentChunks:
 SSE_DONE = "data: [DONE]\n\n"
 """The event that ends every stream."""
 
+# ------------------------------------------------------- stored chat completions (store)
+
+
+class ChatCompletionUpdateRequest(_Strict):
+    """``POST /v1/chat/completions/{id}``: only the metadata of a stored one can change
+    (null clears it)."""
+
+    metadata: Metadata | None
+
+
+class StoredChatCompletion(ChatCompletion):
+    """A stored completion as retrieved and listed: the POST's answer plus its metadata.
+    (Documentation only: the routes write the stored JSON as it was kept.)"""
+
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ChatCompletionList(BaseModel):
+    """A page of stored completions; ``first_id`` / ``last_id`` are null when it is empty."""
+
+    object: Literal["list"] = "list"
+    data: list[StoredChatCompletion]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class StoredMessage(_Loose):
+    """An input message of a stored completion, id ``{completion_id}-{index}``; with
+    content parts, ``content`` is their text joined and ``content_parts`` the parts.
+    Other keys the message was sent with (``tool_calls``, ``tool_call_id``) are kept."""
+
+    id: str
+    role: str
+    content: str | None
+    name: str | None = None
+    content_parts: list[dict[str, Any]] | None = None
+
+
+class ChatCompletionMessageList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[StoredMessage]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class ChatCompletionDeleted(BaseModel):
+    id: str
+    object: Literal["chat.completion.deleted"] = "chat.completion.deleted"
+    deleted: bool = True
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -807,6 +894,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # chatd's extra (as LiteLLM and vLLM add fields): what a request may carry.
+    input_modalities: list[str] = Field(default_factory=lambda: ["text"])
 
 
 class ModelList(_Out):

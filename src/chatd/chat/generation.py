@@ -26,6 +26,7 @@ class UsageCount:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    audio_tokens: int = 0   # of the prompt tokens, those an audio clip became
 
 
 class Cancellable(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from chatd.chat.errors import ChatRequestError
@@ -12,18 +13,29 @@ _ROLE_ALIASES = {"developer": "system", "function": "tool"}
 _MEDIA_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
 
 
-def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+@dataclass
+class MediaSlots:
+    """What a model with a projector reads (`kinds`), and the media parts found, in
+    order; each sits in the flattened text as `marker`."""
+
+    kinds: frozenset[str]
+    marker: str
+    parts: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (part, param)
+
+
+def normalize_messages(messages: list[dict[str, Any]],
+                       media: MediaSlots | None = None) -> list[dict[str, Any]]:
     """Flatten content parts, map roles, parse tool-call arguments for templates.
 
-    A part this text-only model cannot read is an error naming the part, never
-    silently dropped: the user would otherwise get an answer to a different question.
+    A part the model cannot read is an error naming the part, never silently
+    dropped: the user would otherwise get an answer to a different question.
     """
     out = []
     for i, message in enumerate(messages):
         role = message["role"]
         item: dict[str, Any] = {
             "role": _ROLE_ALIASES.get(role, role),
-            "content": _flatten(message.get("content"), f"messages[{i}].content"),
+            "content": _flatten(message.get("content"), f"messages[{i}].content", media),
         }
         if message.get("name"):
             item["name"] = message["name"]
@@ -39,7 +51,7 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _flatten(content: Any, param: str) -> str:
+def _flatten(content: Any, param: str, media: MediaSlots | None) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -51,6 +63,17 @@ def _flatten(content: Any, param: str) -> str:
             texts.append(part.get("text", ""))
         elif kind == "refusal":
             texts.append(part.get("refusal", ""))
+        elif media is not None and _MEDIA_PARTS.get(kind) in media.kinds:
+            media.parts.append((part, f"{param}[{j}]"))
+            texts.append(media.marker)
+        elif kind in _MEDIA_PARTS and media is not None:
+            raise ChatRequestError(
+                f"This model's projector cannot take {_MEDIA_PARTS[kind]} input "
+                f"({param}[{j}] is a '{kind}' part); it reads "
+                f"{', '.join(sorted(media.kinds | {'text'}))}.",
+                param=f"{param}[{j}]",
+                code="unsupported_content_type",
+            )
         elif kind in _MEDIA_PARTS:
             raise ChatRequestError(
                 f"This model reads text only and cannot take {_MEDIA_PARTS[kind]} input "

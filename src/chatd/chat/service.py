@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +21,14 @@ from chatd.chat.choice import ChoiceDelta, ChoiceStream
 from chatd.chat.completion import CompletionDelta, CompletionService, PreparedCompletion
 from chatd.chat.errors import ChatRequestError
 from chatd.chat.generation import Limits, UsageCount, feed_event, tokenize_text
-from chatd.chat.messages import normalize_messages
+from chatd.chat.media import MediaPolicy, load_part
+from chatd.chat.messages import MediaSlots, normalize_messages
 from chatd.chat.structured import OutputSpec, build_output_spec, explain_grammar_error
 from chatd.chat.template import ChatTemplate, TemplateError
 from chatd.chat.toolprompt import inline_tools
 from chatd.engine.constraint import GrammarError
 from chatd.engine.engine import Engine
+from chatd.engine.multimodal import MediaError, MediaInput, MediaSpan, placeholders
 from chatd.engine.types import GenerationRequest
 
 log = logging.getLogger("chatd.chat")
@@ -53,9 +56,13 @@ class PreparedChat:
 
 class ChatService:
     def __init__(self, engine: Engine, template: ChatTemplate, *, ctx_size: int,
-                 max_n: int) -> None:
+                 max_n: int, media_policy: MediaPolicy | None = None) -> None:
         self.engine = engine
         self.template = template
+        self.projector = engine.projector
+        self.media_policy = media_policy or MediaPolicy()
+        # Where a media part sits in the rendered text; random, so no text can fake it.
+        self._marker = f"<__chatd_media_{secrets.token_hex(8)}__>"
         self.ctx_size = ctx_size
         self.max_n = max_n
         model = engine.model
@@ -75,9 +82,14 @@ class ChatService:
             except GrammarError as exc:
                 raise explain_grammar_error(req, str(exc)) from exc
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        normalized = normalize_messages(messages)
+        slots = (MediaSlots(frozenset(self.projector.modalities) - {"text"}, self._marker)
+                 if self.projector is not None else None)
+        normalized = normalize_messages(messages, slots)
         tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
-        prompt = await asyncio.to_thread(self._render_and_tokenize, normalized, tools)
+        media = [await load_part(part, param, self.media_policy)
+                 for part, param in (slots.parts if slots else [])]
+        prompt, spans = await asyncio.to_thread(self._render_and_tokenize, normalized, tools,
+                                                media)
         n = req.n or 1
         self.limits.check_n(n)
         limit = req.effective_max_tokens()
@@ -91,13 +103,51 @@ class ChatService:
         # the choice early); otherwise the engine hands the output over in one piece.
         generation = GenerationRequest(prompt_tokens=prompt, params=params, n=n,
                                        grammar=output.grammar,
-                                       final_only=not req.stream and not stops)
+                                       final_only=not req.stream and not stops,
+                                       media=tuple(spans))
         return PreparedChat(generation, stops, n, len(prompt), output)
 
     def _render_and_tokenize(self, messages: list[dict[str, Any]],
-                             tools: list[dict[str, Any]]) -> list[int]:
+                             tools: list[dict[str, Any]], media: list[MediaInput]
+                             ) -> tuple[list[int], list[MediaSpan]]:
         """Tools go through the model's own template when it knows them, else through
-        the built-in tool prompt (see chatd.chat.toolprompt)."""
+        the built-in tool prompt (see chatd.chat.toolprompt). Media parts come back as
+        spans of placeholder ids (chatd.engine.multimodal)."""
+        text = self._render(messages, tools)
+        if not media:
+            return tokenize_text(self.engine.model, text), []
+        segments = text.split(self._marker)
+        if len(segments) != len(media) + 1:
+            raise ChatRequestError("The model's chat template dropped or repeated an image "
+                                   "or audio part; send each in its own user message.",
+                                   param="messages")
+        assert self.projector is not None
+        model = self.engine.model
+        prompt = tokenize_text(model, segments[0])
+        spans: list[MediaSpan] = []
+        for item, segment in zip(media, segments[1:], strict=True):
+            try:
+                pieces = self.projector.tokenize(item)
+            except MediaError as exc:
+                raise ChatRequestError(str(exc), param=item.param,
+                                       code=f"invalid_{item.kind}") from exc
+            for piece in pieces:
+                if isinstance(piece, MediaSpan):
+                    if piece.bidirectional and piece.n_tokens > self.engine.config.batch_tokens:
+                        raise ChatRequestError(
+                            f"{item.param}: this {item.kind} takes {piece.n_tokens} tokens, "
+                            f"more than one batch ({self.engine.config.batch_tokens}); start "
+                            "the server with a larger --batch-tokens", param=item.param,
+                            code=f"invalid_{item.kind}")
+                    piece.start = len(prompt)
+                    prompt += placeholders(piece.key, piece.n_tokens)
+                    spans.append(piece)
+                else:
+                    prompt += piece
+            prompt += model.tokenize(segment, add_special=False, parse_special=True)
+        return prompt, spans
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
         try:
             if tools and not self.template.handles_tools:
                 text = self.template.render(inline_tools(messages, tools),
@@ -108,7 +158,7 @@ class ChatService:
         except TemplateError as exc:
             raise ChatRequestError(f"The conversation could not be rendered with the model's "
                                    f"chat template: {exc}", param="messages") from exc
-        return tokenize_text(self.engine.model, text)
+        return text
 
     @staticmethod
     def _reject_unsupported(req: Any) -> None:
@@ -137,6 +187,8 @@ class ChatService:
                                 tools=prepared.output.tools_active, streaming=streaming)
                    for i in range(prepared.n)]
         usage.prompt_tokens = prepared.prompt_tokens
+        usage.audio_tokens = sum(span.n_tokens for span in prepared.generation.media
+                                 if span.kind == "audio")
         stream = self.engine.generate(prepared.generation)
         try:
             async for event in stream:

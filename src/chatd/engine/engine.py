@@ -22,8 +22,9 @@ import numpy as np
 
 from chatd.engine.constraint import GrammarCompiler
 from chatd.engine.llama import DecodeError, LlamaModel
+from chatd.engine.multimodal import MediaEncoder, MediaSpan, Projector
 from chatd.engine.sampling import Sampler, log_softmax_at, sample_plain, top_ids
-from chatd.engine.scheduler import Scheduler, StepPlan
+from chatd.engine.scheduler import MediaPiece, Scheduler, StepPlan
 from chatd.engine.sequence import Group, Sequence, Status
 from chatd.engine.speculate import (
     EXPLORE_DRAFT,
@@ -99,7 +100,8 @@ class GenerationStream:
 
 
 class Engine:
-    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+    def __init__(self, model: LlamaModel, config: EngineConfig,
+                 projector: Projector | None = None) -> None:
         if model.settings.n_seq_max < config.n_slots + 2:
             raise ValueError("the llama.cpp context needs n_seq_max >= n_slots + 2 "
                              "(the scheduler's trash and scratch sequence ids)")
@@ -124,6 +126,10 @@ class Engine:
         self.decode_seconds = 0.0  # inside llama_decode
         self.host_seconds = 0.0    # the rest of each step: planning, sampling, events
         self.step_cost = StepCost()  # what a decode step's rows cost: sizes the drafts
+        self.projector = projector
+        self.encoder = (MediaEncoder(projector, model.n_embd, self.wake)
+                        if projector is not None else None)
+        self.media_decode_seconds = 0.0
         self._decode_step_s: float | None = None
 
     # ---- lifecycle --------------------------------------------------------------
@@ -135,6 +141,8 @@ class Engine:
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
         self._wake.set()
+        if self.encoder is not None:
+            self.encoder.stop()
         if self._thread:
             self._thread.join(timeout)
 
@@ -206,6 +214,10 @@ class Engine:
             "spec_accepted_tokens": self.accepted_tokens,
             "engine_decode_seconds": round(self.decode_seconds, 6),
             "engine_host_seconds": round(self.host_seconds, 6),
+            **({"media_encoded": self.encoder.encoded,
+                "media_encode_seconds": round(self.encoder.seconds, 6),
+                "media_decode_seconds": round(self.media_decode_seconds, 6)}
+               if self.encoder is not None else {}),
         }
 
     # ---- the thread -----------------------------------------------------------------
@@ -226,9 +238,14 @@ class Engine:
                 if group.cancel_all:  # gave up while queued
                     self._finish_group(group, "abort")
             plan = sched.plan(self._draft if self._speculating() else None)
+            for span in plan.awaiting:
+                self._encode(span)
+            if plan.media is not None:
+                self._media_step(plan.media)
             if not plan.tokens:
-                self._wake.wait()
-                self._wake.clear()
+                if plan.media is None:
+                    self._wake.wait()  # nothing to run, or waiting for an encode
+                    self._wake.clear()
                 continue
             started = time.perf_counter()
             self.host_seconds += started - began
@@ -258,6 +275,39 @@ class Engine:
         while sched.waiting or self._inbox:
             group = sched.waiting.popleft() if sched.waiting else self._inbox.popleft()
             self._finish_group(group, "abort")
+
+    def _encode(self, span: MediaSpan) -> None:
+        if self.encoder is not None:
+            self.encoder.submit(span)
+        else:  # cannot happen: the chat layer refuses media without a projector
+            span.error = "this server has no projector for media input"
+            span.done.set()
+
+    def _media_step(self, piece: MediaPiece) -> None:
+        """Decode a media span's next rows for one sequence, in a call of their own."""
+        seq, span = piece.seq, piece.span
+        if span.error is not None or span.embd is None:
+            self._finish_group(seq.group, "error",
+                               f"the {span.kind} could not be encoded: {span.error}")
+            return
+        last = seq.n_cached + piece.count == len(seq.tokens)
+        sub = StepPlan()
+        sub.add(seq, piece.count, sample=last)
+        started = time.perf_counter()
+        try:
+            self.model.decode_embeddings(span.embd[piece.offset:piece.offset + piece.count],
+                                         seq.n_cached, seq.slot, want_last_logits=last,
+                                         causal=not span.bidirectional)
+        except DecodeError as exc:
+            log.error("decoding %s rows failed (%s)", span.kind, exc)
+            self._fail_plan(sub, str(exc))
+            return
+        decoded = time.perf_counter()
+        self.media_decode_seconds += decoded - started
+        self.scheduler.commit(sub)
+        if last:
+            self._sample(sub, decoded)
+        seq.group.flush()
 
     def _repack(self) -> None:
         try:

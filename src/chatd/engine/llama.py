@@ -24,7 +24,7 @@ _log_tail: list[str] = []
 
 
 @lc.llama_log_callback
-def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+def log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     """Route llama.cpp's log through Python logging; lines arrive in fragments."""
     _log_tail.append(text.decode("utf-8", errors="replace"))
     if _log_tail[-1].endswith("\n"):
@@ -44,7 +44,7 @@ def init_backend() -> None:
     """Route llama.cpp's log through Python logging and init the backend, once."""
     global _backend_ready
     if not _backend_ready:
-        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lc.llama_log_set(log_callback, ctypes.c_void_p(0))
         lc.llama_backend_init()
         _backend_ready = True
 
@@ -149,6 +149,8 @@ class LlamaModel:
         self.kv_cells = lc.llama_n_ctx(self._ctx)
 
         self._batch = lc.llama_batch_init(settings.n_batch, 0, 1)
+        self.n_embd = lc.llama_model_n_embd_inp(self._model)
+        self._embd_batch: lc.llama_batch | None = None  # made for the first media rows
         # llama_get_logits_ith returning a bare address, and one numpy view per address
         # seen: building a view through ctypes costs ~20 us a row with cold caches.
         self._logits_ith = lc.llama_cpp._lib["llama_get_logits_ith"]
@@ -233,6 +235,40 @@ class LlamaModel:
         if rc != 0:
             raise DecodeError(rc)
 
+    def decode_embeddings(self, rows: np.ndarray, start: int, seq_id: int, *,
+                          want_last_logits: bool, causal: bool = True) -> None:
+        """One llama_decode of embedding rows (an image or audio chunk's, from libmtmd)
+        for one sequence at positions start.. (llama.cpp cannot mix them with tokens).
+        `causal=False` for projectors whose rows attend to each other both ways."""
+        n = rows.shape[0]
+        if n > self._batch_cap:
+            raise ValueError(f"{n} embedding rows exceed n_batch {self._batch_cap}")
+        if self._embd_batch is None:
+            self._embd_batch = lc.llama_batch_init(self._batch_cap, self.n_embd, 1)
+        b = self._embd_batch
+        b.n_tokens = n
+        flat = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1)
+        ctypes.memmove(b.embd, flat.ctypes.data, flat.nbytes)
+        for i in range(n):
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_id
+            b.logits[i] = want_last_logits and i == n - 1
+        if not causal:
+            lc.llama_set_causal_attn(self._ctx, False)
+        try:
+            rc = lc.llama_decode(self._ctx, b)
+        finally:
+            if not causal:
+                lc.llama_set_causal_attn(self._ctx, True)
+        if rc != 0:
+            raise DecodeError(rc)
+
+    @property
+    def handle(self) -> lc.llama_model_p:
+        """The llama_model pointer (libmtmd loads a projector against it)."""
+        return self._model
+
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A zero-copy view of one output row; valid until the next decode.
 
@@ -296,6 +332,8 @@ class LlamaModel:
     def close(self) -> None:
         if self._ctx:
             lc.llama_batch_free(self._batch)
+            if self._embd_batch is not None:
+                lc.llama_batch_free(self._embd_batch)
             lc.llama_free(self._ctx)
             self._ctx = None
         if self._model:

@@ -79,7 +79,9 @@ class Sampler:
             self._only[forced] = False  # True = masked out
 
         self._counts: dict[int, int] = {}
-        self._seen: set[int] = set(prompt_tokens) if params.repetition_penalty != 1.0 else set()
+        # (negative ids stand for image/audio rows: no token to penalise)
+        self._seen: set[int] = ({t for t in prompt_tokens if t >= 0}
+                                if params.repetition_penalty != 1.0 else set())
         self._transforms = bool(
             len(self._bias_ids) or len(self._banned) or forced
             or params.presence_penalty or params.frequency_penalty

@@ -45,11 +45,14 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from chatd.engine.sequence import Group, Sequence, Status
+
+if TYPE_CHECKING:
+    from chatd.engine.multimodal import MediaSpan
 
 _clock = itertools.count()
 
@@ -78,6 +81,16 @@ class Slot:
     parked: Any = None  # saved cells of an idle entry moved out of the cache (cells == [])
 
 
+@dataclass(frozen=True)
+class MediaPiece:
+    """Rows `offset`.. `offset + count` of an encoded media span, for one sequence."""
+
+    seq: Sequence
+    span: MediaSpan
+    offset: int
+    count: int
+
+
 @dataclass
 class StepPlan:
     """One llama_decode: which sequences contribute which tokens."""
@@ -91,6 +104,8 @@ class StepPlan:
     decode_rows: int = 0     # sequences contributing their next token
     prefill_tokens: int = 0  # prompt tokens riding along
     drafts: dict[Sequence, list[int]] = field(default_factory=dict)  # guessed tokens
+    media: MediaPiece | None = None   # embedding rows decoded in a call of their own
+    awaiting: list[MediaSpan] = field(default_factory=list)  # spans to encode first
 
     def add_draft(self, seq: Sequence, draft: list[int]) -> None:
         """The sequence's next token and `draft` after it, every row sampled in turn."""
@@ -118,6 +133,19 @@ class StepPlan:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+
+def span_at(spans: tuple[MediaSpan, ...], pos: int) -> MediaSpan | None:
+    """The media span holding prompt position `pos`, if any."""
+    for span in spans:
+        if span.start <= pos < span.end:
+            return span
+    return None
+
+
+def next_span_start(spans: tuple[MediaSpan, ...], pos: int) -> int:
+    """Where the next media span after `pos` starts (a huge number when none does)."""
+    return min((span.start for span in spans if span.start > pos), default=1 << 62)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -553,10 +581,32 @@ class Scheduler:
             if seq.status is not Status.PREFILL:
                 continue
             count = min(seq.pending, budget)
+            spans = seq.group.request.media
+            if spans:
+                span = span_at(spans, seq.n_cached)
+                if span is not None:
+                    budget -= self._plan_media(plan, seq, span, budget)
+                    continue
+                count = min(count, next_span_start(spans, seq.n_cached) - seq.n_cached)
             plan.add(seq, count, sample=count == seq.pending)
             plan.prefill_tokens += count
             budget -= count
         return plan
+
+    def _plan_media(self, plan: StepPlan, seq: Sequence, span: MediaSpan, budget: int) -> int:
+        """The sequence's prefill has reached a media span: ask for its encoding, or
+        take its next rows (one span per step; rows that attend both ways go whole)."""
+        if not span.ready:
+            plan.awaiting.append(span)
+            return 0
+        if plan.media is not None:
+            return 0
+        offset = seq.n_cached - span.start
+        count = span.end - seq.n_cached
+        if not span.bidirectional:
+            count = min(count, budget)
+        plan.media = MediaPiece(seq, span, offset, count)
+        return count
 
     def commit(self, plan: StepPlan) -> None:
         """Record that the plan's tokens are now in the KV cache."""

@@ -158,7 +158,10 @@ class NgramDrafter:
             if end >= n:
                 found = latest.get(tuple(tokens[end - n:end]))
                 if found is not None:
-                    return tokens[found:found + min(limit, MAX_DRAFT)]
+                    guess = tokens[found:found + min(limit, MAX_DRAFT)]
+                    # Up to a media placeholder (negative id): never a token to decode.
+                    cut = next((i for i, t in enumerate(guess) if t < 0), len(guess))
+                    return guess[:cut]
         return []
 
     def feedback(self, drafted: int, accepted: int) -> None:

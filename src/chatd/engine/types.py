@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -38,6 +38,9 @@ class GenerationRequest:
     completion with no stop string to watch for), so the engine hands all events over
     at once when every choice has finished, instead of waking the event loop for each
     token. Events still carry their own emission time (`TokenEvent.at`).
+
+    `media`: the prompt's image/audio chunks (chatd.engine.multimodal.MediaSpan), in
+    order; their rows stand in `prompt_tokens` as negative placeholder ids.
     """
 
     prompt_tokens: list[int]
@@ -46,6 +49,7 @@ class GenerationRequest:
     grammar: str | None = None
     request_id: str = ""
     final_only: bool = False
+    media: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from chatd.api.protocol import (
     Usage,
 )
 from chatd.api.serving import checked, respond
+from chatd.api.storing import Keeping, keeping
 from chatd.chat.choice import ChoiceDelta
 from chatd.chat.service import ChatService, PreparedChat, UsageCount
 
@@ -38,12 +39,13 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     ctx, prepared = await checked(request, body, ChatService.prepare)
+    keep = keeping(request, body)  # `store: true` (400 on a server that keeps nothing)
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
     return await respond(
         ctx, request, prepared, stream=bool(body.stream),
-        events=lambda: _sse(ctx, prepared, body, completion_id, created),
-        complete=lambda: _complete(ctx, prepared, body, completion_id, created))
+        events=lambda: _sse(ctx, prepared, body, completion_id, created, keep),
+        complete=lambda: _complete(ctx, prepared, body, completion_id, created, keep))
 
 
 def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
@@ -53,50 +55,76 @@ def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
 
 
 def _usage(count: UsageCount) -> Usage:
-    return Usage.from_counts(count.prompt_tokens, count.completion_tokens, count.cached_tokens)
+    return Usage.from_counts(count.prompt_tokens, count.completion_tokens, count.cached_tokens,
+                             count.audio_tokens)
+
+
+class _Answer:
+    """A completion's choices gathered from its deltas: the non-streamed answer, and
+    what a stored stream keeps, so that the two are the same object. A streamed call
+    comes in fragments (the first with its id and name, then argument text)."""
+
+    def __init__(self, n: int, logprobs: bool) -> None:
+        self.texts: list[list[str]] = [[] for _ in range(n)]
+        self.logprobs: list[list[dict] | None] = [[] if logprobs else None for _ in range(n)]
+        self.finish: list[str] = ["stop"] * n
+        self.calls: list[list[ToolCall]] = [[] for _ in range(n)]
+
+    def add(self, delta: ChoiceDelta) -> None:
+        index = delta.index
+        self.texts[index].append(delta.content)
+        calls = self.calls[index]
+        for c in delta.tool_calls:
+            if c.id is None and c.index < len(calls):
+                calls[c.index].function.arguments += c.arguments
+            else:
+                calls.append(ToolCall(id=c.id or "", type="function", function=FunctionCall(
+                    name=c.name or "", arguments=c.arguments)))
+        entries = self.logprobs[index]
+        if entries is not None and delta.logprobs:
+            entries.extend(delta.logprobs)
+        if delta.finish_reason:
+            self.finish[index] = delta.finish_reason
+
+    def completion(self, ctx: ServerContext, completion_id: str, created: int,
+                   usage: UsageCount) -> ChatCompletion:
+        texts, calls = self.texts, self.calls
+        return ChatCompletion(
+            id=completion_id, created=created, model=ctx.model_name,
+            system_fingerprint=ctx.fingerprint,
+            choices=[
+                Choice(index=i, message=ChatMessage(content="".join(texts[i]) or (
+                           None if calls[i] else ""), tool_calls=calls[i] or None),
+                       logprobs=_logprobs(self.logprobs[i]),
+                       finish_reason=self.finish[i])  # type: ignore[arg-type]
+                for i in range(len(texts))
+            ],
+            usage=_usage(usage),
+        )
 
 
 async def _complete(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionRequest,
-                    completion_id: str, created: int) -> Response:
-    n = prepared.n
-    texts: list[list[str]] = [[] for _ in range(n)]
-    logprobs: list[list[dict] | None] = [
-        [] if body.logprobs else None for _ in range(n)]
-    finish: list[str] = ["stop"] * n
-    calls: list[list[ToolCall]] = [[] for _ in range(n)]
+                    completion_id: str, created: int, keep: Keeping | None = None) -> Response:
+    answer = _Answer(prepared.n, bool(body.logprobs))
     usage = UsageCount()
     async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=False)) as deltas:
         async for delta in deltas:
-            texts[delta.index].append(delta.content)
-            calls[delta.index].extend(
-                ToolCall(id=c.id or "", type="function",
-                         function=FunctionCall(name=c.name or "", arguments=c.arguments))
-                for c in delta.tool_calls)
-            entries = logprobs[delta.index]
-            if entries is not None and delta.logprobs:
-                entries.extend(delta.logprobs)
-            if delta.finish_reason:
-                finish[delta.index] = delta.finish_reason
-    completion = ChatCompletion(
-        id=completion_id, created=created, model=ctx.model_name,
-        system_fingerprint=ctx.fingerprint,
-        choices=[
-            Choice(index=i, message=ChatMessage(content="".join(texts[i]) or (
-                       None if calls[i] else ""), tool_calls=calls[i] or None),
-                   logprobs=_logprobs(logprobs[i]), finish_reason=finish[i])  # type: ignore[arg-type]
-            for i in range(n)
-        ],
-        usage=_usage(usage),
-    )
+            answer.add(delta)
+    completion = answer.completion(ctx, completion_id, created, usage)
+    if keep is not None:  # stored before the answer goes out: listed once it is received
+        await keep.save(completion)
     return Response(completion.to_json(), media_type="application/json")
 
 
 async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionRequest,
-               completion_id: str, created: int) -> AsyncIterator[str]:
+               completion_id: str, created: int, keep: Keeping | None = None
+               ) -> AsyncIterator[str]:
     """OpenAI's sequence: role chunk per choice, content chunks, one finish chunk per
-    choice, the optional usage chunk (`respond` adds [DONE], or an error event)."""
+    choice, the optional usage chunk (`respond` adds [DONE], or an error event). A
+    stored stream is written after its last chunk has gone out, before [DONE]."""
     include_usage = body.include_usage()
     want_logprobs = bool(body.logprobs)
+    answer = _Answer(prepared.n, want_logprobs) if keep is not None else None
     fields = {"id": completion_id, "created": created, "model": ctx.model_name,
               "system_fingerprint": ctx.fingerprint}
     plain = ContentChunks(fields, include_usage)
@@ -134,6 +162,8 @@ async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionR
     usage = UsageCount()
     async with contextlib.aclosing(ctx.chat.run(prepared, usage, streaming=True)) as deltas:
         async for delta in deltas:
+            if answer is not None:
+                answer.add(delta)
             index = delta.index
             calls = fragments(delta) if delta.tool_calls else None
             if not announced[index]:
@@ -151,3 +181,5 @@ async def _sse(ctx: ServerContext, prepared: PreparedChat, body: ChatCompletionR
                                          finish_reason=delta.finish_reason)])  # type: ignore[arg-type]
     if include_usage:
         yield chunk([], usage=_usage(usage))
+    if keep is not None and answer is not None:
+        await keep.save(answer.completion(ctx, completion_id, created, usage))

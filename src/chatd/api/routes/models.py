@@ -14,7 +14,9 @@ router = APIRouter()
 
 def _card(request: Request) -> ModelCard:
     ctx = context(request)
-    return ModelCard(id=ctx.model_name, created=ctx.created, owned_by="chatd")
+    projector = ctx.chat.projector
+    return ModelCard(id=ctx.model_name, created=ctx.created, owned_by="chatd",
+                     input_modalities=projector.modalities if projector else ["text"])
 
 
 @router.get("/v1/models")
