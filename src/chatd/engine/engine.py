@@ -241,7 +241,9 @@ class Engine:
             for span in plan.awaiting:
                 self._encode(span)
             if plan.media is not None:
-                self._media_step(plan.media)
+                self.host_seconds += time.perf_counter() - began
+                self._media_step(plan.media)  # counted in media_decode_seconds
+                began = time.perf_counter()
             if not plan.tokens:
                 if plan.media is None:
                     self._wake.wait()  # nothing to run, or waiting for an encode
