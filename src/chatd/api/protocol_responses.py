@@ -11,9 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
-from chatd.api.protocol import FUNCTION_NAME_PATTERN, Metadata
+from chatd.api.protocol import (
+    JSONSchemaFormat,
+    Metadata,
+    ResponseFormatJSONObject,
+    ResponseFormatText,
+)
 
 MIN_OUTPUT_TOKENS = 16
 """OpenAI's lower bound on ``max_output_tokens``."""
@@ -23,31 +28,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FormatText(_Strict):
-    type: Literal["text"]
+FormatText = ResponseFormatText
+FormatJSONObject = ResponseFormatJSONObject
 
 
-class FormatJSONObject(_Strict):
-    type: Literal["json_object"]
-
-
-class FormatJSONSchema(BaseModel):
-    """Flat, unlike Chat Completions: ``name`` and ``schema`` sit beside ``type``."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class FormatJSONSchema(JSONSchemaFormat):
+    """Flat, unlike Chat Completions: ``name`` and ``schema`` sit beside ``type``, and
+    ``schema`` is required."""
 
     type: Literal["json_schema"]
-    name: str = Field(pattern=FUNCTION_NAME_PATTERN)
     schema_: dict[str, Any] = Field(alias="schema")
-    description: str | None = None
-    strict: bool | None = None
-
-    @model_serializer(mode="wrap")
-    def _by_alias(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if "schema_" in data:
-            data["schema"] = data.pop("schema_")
-        return data
 
 
 TextFormat = Annotated[FormatText | FormatJSONObject | FormatJSONSchema,
