@@ -112,6 +112,17 @@ class CeilingResult:
     prompt_processing_tokens_per_s: float
     prompt_processing_reps: list[float]
     seconds: float
+    # Step ms of ONE sequence decoding r rows at once (speculation's verify step), by r.
+    draft_rows_ms: dict[int, float] = field(default_factory=dict)
+
+    def draft_speedup_bound(self) -> tuple[int, float] | None:
+        """(rows, x): the most tokens/s speculation could give over plain decoding if
+        every guess were taken: r rows emit r tokens in draft_rows_ms[r]."""
+        one = self.draft_rows_ms.get(1)
+        if not one or len(self.draft_rows_ms) < 2:
+            return None
+        rows, ms = max(self.draft_rows_ms.items(), key=lambda kv: kv[0] / kv[1])
+        return rows, round(rows * one / ms, 2)
 
     def decode_at(self, batch: int) -> float | None:
         """Summed decode tok/s measured for this batch size, if it was measured."""
@@ -282,6 +293,31 @@ class SingleStreamCeiling:
         self._bench.close()
 
 
+DRAFT_ROWS = (1, 2, 4, 8, 13)  # 1 = plain decoding; 13 = a full 12-token draft
+
+
+def _draft_rows_ms(bench: _Bench, prompt_tokens: int, reps: int = 12) -> dict[int, float]:
+    """Median ms of one step of one sequence holding r rows (its next token plus r - 1
+    guesses), each shape repeated so llama.cpp reuses its graph, as in a run of drafts."""
+    bench.clear()
+    prompt = bench.prompt(prompt_tokens)
+    bench.prefill({0: prompt})
+    out = {}
+    for rows in DRAFT_ROWS:
+        times = []
+        for rep in range(reps + 3):
+            items = [(prompt[(i * 7) % prompt_tokens], prompt_tokens + i, 0, True)
+                     for i in range(rows)]
+            t0 = time.perf_counter()
+            bench.decode(items)
+            bench.argmax_rows(rows)
+            if rep >= 3:
+                times.append(time.perf_counter() - t0)
+            lc.llama_memory_seq_rm(bench.mem, 0, prompt_tokens, -1)
+        out[rows] = round(1000 * statistics.median(times), 2)
+    return out
+
+
 def _prompt_rep(bench: _Bench, tokens: list[int]) -> float:
     """Prefill one sequence's long prompt in n_batch chunks; tokens/s."""
     bench.clear()
@@ -351,6 +387,7 @@ def measure_ceiling(
                 reps_text = ", ".join(f"{r:.0f}" for r in rates)
                 print(f"  decode B={b:<3d} {tps:8.1f} tok/s  ({reps_text})", flush=True)
 
+        draft_rows = _draft_rows_ms(bench, prompt_tokens)
         long_prompt = bench.prompt(pp_tokens)
         pp_rates = [_prompt_rep(bench, long_prompt) for _ in range(pp_reps)]
         if progress:
@@ -370,6 +407,7 @@ def measure_ceiling(
         prompt_processing_tokens_per_s=round(statistics.median(pp_rates), 1),
         prompt_processing_reps=[round(r, 1) for r in pp_rates],
         seconds=round(time.perf_counter() - started, 1),
+        draft_rows_ms=draft_rows,
     )
 
 
@@ -390,6 +428,11 @@ def format_ceiling(result: CeilingResult) -> str:
         f"prompt processing ({result.prompt_processing_tokens} tokens): "
         f"{result.prompt_processing_tokens_per_s:.1f} tok/s"
     )
+    bound = result.draft_speedup_bound()
+    if bound is not None:
+        rows = ", ".join(f"{r}: {ms:.1f}" for r, ms in result.draft_rows_ms.items())
+        lines.append(f"one sequence, rows per step -> step ms (speculation's verify): {rows}; "
+                     f"every guess taken, {bound[0]} rows give {bound[1]:.2f}x the tok/s of 1")
     return "\n".join(lines)
 
 

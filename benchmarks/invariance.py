@@ -38,7 +38,12 @@ from collections.abc import Callable, Iterator
 import llama_cpp as lc
 import numpy as np
 
-from chatd.engine.llama import KV_CACHE_TYPE, LlamaModel, LlamaSettings, default_threads
+from chatd.engine.llama import (
+    INVARIANT_KV_CACHE_TYPE,
+    LlamaModel,
+    LlamaSettings,
+    default_threads,
+)
 from chatd.models.registry import bundled_model_path
 
 STEPS = 40
@@ -512,7 +517,8 @@ def main_timing(args: argparse.Namespace) -> None:
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f}, threads {args.threads or 'default'}, "
           f"median of {reps} (ms)")
-    for label, kv_type, ub in (("q8_0", KV_CACHE_TYPE, None), ("f16", lc.GGML_TYPE_F16, None),
+    for label, kv_type, ub in (("q8_0", INVARIANT_KV_CACHE_TYPE, None),
+                               ("f16", lc.GGML_TYPE_F16, None),
                                ("f16 n_ubatch 63", lc.GGML_TYPE_F16, 63)):
         m = _load(kv_type, args.threads, 2048, ub, n_seq_max=12)
         _time_model(label, m, args.long or 1200, reps, args.threads)
@@ -523,7 +529,8 @@ def main_timing(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--f16", action="store_true", help="f16 K/V (llama.cpp's default)")
+    p.add_argument("--f16", action="store_true",
+                   help="f16 K/V (the default cache; without it: --deterministic's q8_0)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--long", type=int, default=0, metavar="N",
                    help="A's prompt is N tokens; run LONG_SCENARIOS instead")
@@ -534,7 +541,7 @@ def main() -> None:
     p.add_argument("--timing", action="store_true",
                    help="time a prompt chunk sharing the decode call vs a call of its own")
     args = p.parse_args()
-    kv_type = lc.GGML_TYPE_F16 if args.f16 else KV_CACHE_TYPE
+    kv_type = lc.GGML_TYPE_F16 if args.f16 else INVARIANT_KV_CACHE_TYPE
     if args.timing:
         main_timing(args)
         return

@@ -33,11 +33,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefill-chunk", type=int, default=64,
                    help="prompt tokens processed per step while other sequences decode")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    p.add_argument("--kv-cache", choices=["q8_0", "f16"], default="q8_0",
-                   help="KV cache type. q8_0 (default): a seeded request gives the same "
-                        "text whatever else runs beside it. f16: prompts are processed "
-                        "2-3x faster at long lengths, but seeded outputs may change under "
-                        "concurrent load")
+    add_kv_cache_arguments(p)
     p.add_argument("--speculate", choices=["ngram", "always", "off"], default="ngram",
                    help="ngram (default): while few sequences decode, guess the next tokens "
                         "from earlier text (prompt lookup) and check them in the same step, "
@@ -171,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_kv_cache_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--kv-cache` and `--deterministic`, shared by `serve` and `chat`."""
+    p.add_argument("--kv-cache", choices=["f16", "q8_0"], default=None,
+                   help="KV cache type. f16 (default): fastest, but a seeded request's text "
+                        "may change with what runs beside it. q8_0: what --deterministic uses")
+    p.add_argument("--deterministic", action="store_true",
+                   help="batch-invariant mode: a seeded request gives the same text alone, "
+                        "under any load and from a cached prefix (q8_0 KV cache; prompts "
+                        "~25-45%% slower, lone streams ~10%% slower)")
+
+
+def kv_cache_from_args(args: argparse.Namespace) -> str:
+    if args.deterministic and args.kv_cache == "f16":
+        raise SystemExit("chatd: --deterministic needs the q8_0 KV cache, not --kv-cache f16")
+    return "q8_0" if args.deterministic else (args.kv_cache or "f16")
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Build the settings; a keys file that cannot be used raises KeyFileError."""
     keys = tuple(args.api_key) + Settings.keys_from_env()
@@ -181,7 +194,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ctx_size=args.ctx_size, kv_cells=args.kv_cells, parked_cells=args.parked_cells,
         max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
-        threads=args.threads, kv_cache=args.kv_cache, speculate=args.speculate,
+        threads=args.threads, kv_cache=kv_cache_from_args(args), speculate=args.speculate,
         mmproj=args.mmproj, media_fetch=args.media_fetch,
         media_max_bytes=args.media_max_bytes, media_timeout=args.media_timeout,
         max_n=args.max_n,

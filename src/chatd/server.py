@@ -25,7 +25,13 @@ from chatd.chat.service import ChatService
 from chatd.chat.template import ChatTemplate
 from chatd.config import Settings
 from chatd.engine.engine import Engine, EngineConfig
-from chatd.engine.llama import KV_CACHE_TYPE, LlamaModel, LlamaSettings, default_threads
+from chatd.engine.llama import (
+    INVARIANT_KV_CACHE_TYPE,
+    KV_CACHE_TYPE,
+    LlamaModel,
+    LlamaSettings,
+    default_threads,
+)
 from chatd.engine.multimodal import MediaError, Projector
 from chatd.models.registry import ModelFileError, ModelInfo, load_model_info
 from chatd.store import CompletionStore
@@ -87,7 +93,7 @@ def build_runtime(settings: Settings) -> Runtime:
         raise ConfigError(f"--max-sequences is at most {max_slots} with this llama.cpp build")
     batch_tokens = max(settings.batch_tokens, settings.max_sequences)
 
-    kv_type = KV_CACHE_TYPE if settings.kv_cache == "q8_0" else llama_cpp.GGML_TYPE_F16
+    kv_type = INVARIANT_KV_CACHE_TYPE if settings.deterministic else KV_CACHE_TYPE
     model = LlamaModel(info.path, LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 2,
                                                 type_k=kv_type, type_v=kv_type,
                                                 n_batch=batch_tokens, n_threads=settings.threads))

@@ -62,8 +62,11 @@ class ServerProcess:
         # Stored completions go to a file of this server's own, never the user's home.
         self.store_path = self.log_path.with_suffix(".sqlite3")
         store = [] if "--store" in extra_args else ["--store", str(self.store_path)]
+        # The suite asserts that a seed reproduces text under load, which is what
+        # batch-invariant mode guarantees; test_default_mode.py runs the default cache.
+        mode = [] if "--kv-cache" in extra_args else ["--deterministic"]
         cmd = [sys.executable, "-m", "chatd", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), *store, *extra_args, *EXTRA_SERVER_ARGS]
+               "--port", str(self.port), *store, *mode, *extra_args, *EXTRA_SERVER_ARGS]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)

@@ -30,12 +30,14 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
 LONG = "Write a long story about a dragon and a knight."
 
 
-def _threads() -> list[str]:
-    """The e2e servers' --threads, for the in-process engine too (shared cores)."""
+def _engine_args() -> list[str]:
+    """The e2e servers' mode and --threads, for the in-process engine too: batch-invariant
+    (the seeded-answer test reruns a prompt over its own cached prefix) and the cores
+    shared as the servers share them."""
     args = EXTRA_SERVER_ARGS
     if "--threads" in args:
-        return ["--threads", args[args.index("--threads") + 1]]
-    return []
+        return ["--deterministic", "--threads", args[args.index("--threads") + 1]]
+    return ["--deterministic"]
 
 
 @pytest.fixture
@@ -88,7 +90,7 @@ class Terminal:
 
 @pytest.fixture
 def terminal(home: Path) -> Iterator[Terminal]:
-    t = Terminal(home, *_threads())
+    t = Terminal(home, *_engine_args())
     yield t
     t.close()
 
@@ -149,7 +151,7 @@ def test_temperature_0_seeded_turn_is_reproducible(terminal: Terminal, home: Pat
     assert second == first
     # Pipe mode with the same settings prints exactly that answer, and nothing else.
     result = subprocess.run(
-        [sys.executable, "-m", "chatd", "chat", *_threads(), "--temperature", "0",
+        [sys.executable, "-m", "chatd", "chat", *_engine_args(), "--temperature", "0",
          "--seed", "42", "--max-tokens", "30"],
         input="Name three colors.", capture_output=True, text=True, env=_env(home),
         timeout=120)
@@ -158,7 +160,7 @@ def test_temperature_0_seeded_turn_is_reproducible(terminal: Terminal, home: Pat
 
 
 def test_multiline_paste_history_save_and_load(home: Path) -> None:
-    t = Terminal(home, *_threads(), "--max-tokens", "6", "--temperature", "0")
+    t = Terminal(home, *_engine_args(), "--max-tokens", "6", "--temperature", "0")
     try:
         answer = t.run('"""First line\nsecond line"""')
         assert answer
@@ -178,7 +180,7 @@ def test_multiline_paste_history_save_and_load(home: Path) -> None:
     history = (home / "chat_history").read_text()
     assert "Pasted one" in history and "/save colours" in history
 
-    t = Terminal(home, *_threads())
+    t = Terminal(home, *_engine_args())
     try:
         # The input history of the last session is one Up arrow away.
         t.child.send("\x1b[A")
@@ -248,7 +250,7 @@ def test_ctrl_c_over_http_cancels_on_the_server(home: Path, server_url: str) -> 
 
 
 def test_render_markdown(home: Path) -> None:
-    args = [*_threads(), "--temperature", "0", "--max-tokens", "60"]
+    args = [*_engine_args(), "--temperature", "0", "--max-tokens", "60"]
     question = "Write a python function that adds two numbers, in a code block."
     raw = subprocess.run([sys.executable, "-m", "chatd", "chat", *args], input=question,
                          capture_output=True, text=True, env=_env(home), timeout=120)

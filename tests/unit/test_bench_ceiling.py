@@ -22,3 +22,11 @@ def test_higher_of_takes_the_faster_figure_per_batch_size() -> None:
     assert both.best_decode.batch == 8
     assert both.prompt_processing_tokens_per_s == 290.0
     assert before.decode_at(1) == 100.0, "the inputs are left as they were"
+
+
+def test_draft_speedup_bound_is_the_best_rows_per_ms_against_one_row() -> None:
+    result = _ceiling({1: 100.0}, pp=290.0)
+    assert result.draft_speedup_bound() is None
+    result.draft_rows_ms = {1: 9.0, 2: 16.8, 4: 23.2, 8: 41.5, 13: 65.0}
+    rows, bound = result.draft_speedup_bound()
+    assert rows == 13 and bound == round(13 * 9.0 / 65.0, 2)

@@ -44,7 +44,7 @@ def test_same_sampling_llama_server_gets_chatds_engine_settings() -> None:
     assert _flag(cmd, "-c") == "32768" and _flag(cmd, "-np") == "16"
     # chatd's KV cache: one unified pool, q8_0 keys and values, flash attention.
     assert "--kv-unified" in cmd and _flag(cmd, "-fa") == "on"
-    assert _flag(cmd, "-ctk") == _flag(cmd, "-ctv") == Settings.kv_cache == "q8_0"
+    assert _flag(cmd, "-ctk") == _flag(cmd, "-ctv") == Settings.kv_cache == "f16"
     assert _flag(cmd, "-b") == _flag(cmd, "-ub") == str(Settings.batch_tokens)
     # Sampling as an OpenAI request asks (and chatd does): no truncation by default.
     assert _flag(cmd, "--top-k") == "0" and _flag(cmd, "--top-p") == "1.0"

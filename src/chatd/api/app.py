@@ -104,6 +104,8 @@ def create_app(runtime: Backend) -> FastAPI:
         metrics=meters,
         metrics_require_key=settings.metrics_require_key,
         alive=alive,
+        kv_cache=settings.kv_cache,
+        deterministic=settings.deterministic,
     )
     install_error_handlers(app)
     app.add_exception_handler(UnicodeEncodeError, _unencodable_text)

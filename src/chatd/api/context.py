@@ -25,6 +25,8 @@ class ServerContext:
     metrics: Metrics
     metrics_require_key: bool = False
     alive: Callable[[], bool] = lambda: True  # the engine can still make progress
+    kv_cache: str = "f16"
+    deterministic: bool = False  # batch-invariant mode (--deterministic)
 
 
 def context(request: Request) -> ServerContext:

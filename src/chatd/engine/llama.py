@@ -86,16 +86,19 @@ class DecodeError(RuntimeError):
         self.no_space = code == 1
 
 
-# The KV cache holds q8_0 keys and values, and attention always runs flash attention.
-# This is what makes a sequence's logits independent of the rest of the batch: with
-# equal f16 K/V types, llama.cpp's CPU flash attention switches to a tiled kernel when
-# a micro-batch has >= 64 query rows, and that kernel groups KV cells into blocks by
-# their index in the cache, so a seeded request's text changed whenever another
-# request's prompt was being prefilled beside it (logits off by up to 1.3). With
-# quantized K/V it always uses the per-row kernel, which visits only the sequence's
-# own cells, in cache order. Cost, measured on 2 cores: prompt processing ~35% slower
-# than f16 with tiling; decode unchanged, and faster at long contexts (half the bytes).
-KV_CACHE_TYPE = lc.GGML_TYPE_Q8_0
+# Attention always runs flash attention, over f16 keys and values by default: the
+# fastest cache on a CPU (llama.cpp's tiled kernel for prompts, its split-KV kernel for a
+# lone decode row). Those two kernels make a row's logits depend on the rest of the
+# micro-batch and on where its cells sit in the cache: a micro-batch with >= 64 query
+# rows groups KV cells into blocks by their cache index, and a one-row step over 512+
+# cells splits them among the threads. A seeded request's text can then change when
+# another request's prompt is prefilled beside it, or when it runs again over a cache
+# that holds other entries. With quantized K/V llama.cpp always uses the per-row kernel,
+# which visits only the sequence's own cells, in cache order, so `--deterministic`
+# (batch-invariant mode) keeps q8_0 keys and values. Its cost on 2 cores: prompt
+# processing ~25-45% slower, a lone decode step ~10% slower.
+KV_CACHE_TYPE = lc.GGML_TYPE_F16
+INVARIANT_KV_CACHE_TYPE = lc.GGML_TYPE_Q8_0
 
 
 @dataclass(frozen=True)

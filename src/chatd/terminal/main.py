@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from chatd.cli import add_kv_cache_arguments, kv_cache_from_args
 from chatd.terminal import pipe, repl
 from chatd.terminal.backends import BackendError, ChatBackend, HTTPBackend, LocalBackend
 from chatd.terminal.paths import history_file
@@ -36,8 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     local.add_argument("--ctx-size", type=int, default=None,
                        help="most tokens per conversation (default: the model's, at most 8192)")
     local.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
-    local.add_argument("--kv-cache", choices=["q8_0", "f16"], default="q8_0",
-                       help="KV cache type (q8_0: seeded answers are reproducible)")
+    add_kv_cache_arguments(local)
     ask = p.add_argument_group("answers")
     ask.add_argument("--system", default=None, help="system prompt")
     ask.add_argument("--temperature", type=float, default=None, help="0 = greedy")
@@ -54,7 +54,7 @@ def _open_local(args: argparse.Namespace) -> ChatBackend:
     from chatd.server import ConfigError, build_runtime
 
     settings = Settings(model=args.model, model_name=args.model_name, ctx_size=args.ctx_size,
-                        threads=args.threads, kv_cache=args.kv_cache, max_sequences=4)
+                        threads=args.threads, kv_cache=kv_cache_from_args(args), max_sequences=4)
     try:
         return LocalBackend(build_runtime(settings))
     except ConfigError as exc:

@@ -20,4 +20,5 @@ async def health(request: Request) -> JSONResponse:
     ctx = context(request)
     if not ctx.alive():
         return engine_stopped().to_response()
-    return JSONResponse({"status": "ok", "model": ctx.model_name, **ctx.stats()})
+    return JSONResponse({"status": "ok", "model": ctx.model_name, "kv_cache": ctx.kv_cache,
+                         "deterministic": ctx.deterministic, **ctx.stats()})

@@ -1,0 +1,107 @@
+"""The default (fast) KV cache: f16 keys and values, not batch-invariant.
+
+The rest of the suite runs `--deterministic` servers, because it asserts that a seed
+reproduces text under load. These tests run a server in the default mode and check
+what holds there too: the mode is reported, long prompts (llama.cpp's tiled attention
+kernel) and concurrent streams work, stops, limits and schemas are honoured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from tests.e2e.conftest import ServerProcess, running_server
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def fast_server() -> Iterator[ServerProcess]:
+    with running_server(["--kv-cache", "f16", "--max-sequences", "8"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fast(fast_server: ServerProcess) -> Iterator[openai.OpenAI]:
+    c = openai.OpenAI(base_url=fast_server.url + "/v1", api_key="unused", max_retries=0,
+                      timeout=120.0)
+    yield c
+    c.close()
+
+
+def test_health_reports_the_mode(fast_server: ServerProcess, server_url: str) -> None:
+    fast_health = httpx.get(fast_server.url + "/health").json()
+    assert fast_health["kv_cache"] == "f16" and fast_health["deterministic"] is False
+    main_health = httpx.get(server_url + "/health").json()
+    assert main_health["kv_cache"] == "q8_0" and main_health["deterministic"] is True
+
+
+def test_modes_have_different_fingerprints(fast: openai.OpenAI,
+                                           client: openai.OpenAI, model_id: str) -> None:
+    """Outputs may differ between the modes, so system_fingerprint must too."""
+    kw = {"model": model_id, "messages": [{"role": "user", "content": "Hi"}],
+          "max_tokens": 2}
+    fast_fp = fast.chat.completions.create(**kw).system_fingerprint
+    main_fp = client.chat.completions.create(**kw).system_fingerprint
+    assert fast_fp and main_fp and fast_fp != main_fp
+
+
+def test_long_prompt_is_answered_and_its_prefix_reused(fast: openai.OpenAI,
+                                                       model_id: str) -> None:
+    words = " ".join(f"item{i} is {'red' if i % 3 else 'blue'}." for i in range(300))
+    messages = [{"role": "user", "content": f"{words}\n\nWhich colour is item7?"}]
+    first = fast.chat.completions.create(model=model_id, messages=messages, max_tokens=8,
+                                         temperature=0)
+    assert first.usage.prompt_tokens > 1000
+    assert first.choices[0].message.content
+    again = fast.chat.completions.create(model=model_id, messages=messages, max_tokens=8,
+                                         temperature=0)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens - 1
+
+
+def test_concurrent_streams_keep_stops_limits_and_schemas(fast_server: ServerProcess,
+                                                          model_id: str) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+
+    async def run() -> None:
+        c = openai.AsyncOpenAI(base_url=fast_server.url + "/v1", api_key="unused",
+                               max_retries=0, timeout=120.0)
+        try:
+            async def limited(i: int) -> None:
+                stream = await c.chat.completions.create(
+                    model=model_id, max_tokens=24, temperature=1.0, seed=i, stream=True,
+                    messages=[{"role": "user", "content": f"Count from {i} upwards."}],
+                    stop=["\n\n"], logit_bias={"2": -100, "0": -100})
+                text, finish = "", None
+                async for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+                        finish = chunk.choices[0].finish_reason or finish
+                assert "\n\n" not in text
+                assert finish in ("length", "stop")
+
+            async def structured(i: int) -> None:
+                r = await c.chat.completions.create(
+                    model=model_id, max_tokens=80, seed=i,
+                    messages=[{"role": "user", "content": "Describe a person as JSON."}],
+                    response_format={"type": "json_schema", "json_schema": {
+                        "name": "person", "schema": schema, "strict": True}})
+                assert r.choices[0].finish_reason == "stop"
+                jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+            await asyncio.gather(*(limited(i) for i in range(6)),
+                                 *(structured(i) for i in range(2)))
+        finally:
+            await c.close()
+
+    asyncio.run(run())
