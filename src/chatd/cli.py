@@ -174,8 +174,8 @@ def add_kv_cache_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup)
                         "may change with what runs beside it. q8_0: what --deterministic uses")
     p.add_argument("--deterministic", action="store_true",
                    help="batch-invariant mode: a seeded request gives the same text alone, "
-                        "under any load and from a cached prefix (q8_0 KV cache; prompts "
-                        "~25-45%% slower, lone streams ~10%% slower)")
+                        "under any load and from a cached prefix (q8_0 KV cache: long "
+                        "prompts ~1.45x slower to process on 2 cores)")
 
 
 def kv_cache_from_args(args: argparse.Namespace) -> str:

@@ -86,17 +86,20 @@ class DecodeError(RuntimeError):
         self.no_space = code == 1
 
 
-# Attention always runs flash attention, over f16 keys and values by default: the
-# fastest cache on a CPU (llama.cpp's tiled kernel for prompts, its split-KV kernel for a
-# lone decode row). Those two kernels make a row's logits depend on the rest of the
-# micro-batch and on where its cells sit in the cache: a micro-batch with >= 64 query
-# rows groups KV cells into blocks by their cache index, and a one-row step over 512+
-# cells splits them among the threads. A seeded request's text can then change when
-# another request's prompt is prefilled beside it, or when it runs again over a cache
-# that holds other entries. With quantized K/V llama.cpp always uses the per-row kernel,
-# which visits only the sequence's own cells, in cache order, so `--deterministic`
-# (batch-invariant mode) keeps q8_0 keys and values. Its cost on 2 cores: prompt
-# processing ~25-45% slower, a lone decode step ~10% slower.
+# Attention always runs flash attention, over f16 keys and values by default: with them
+# llama.cpp processes prompts with its tiled kernel (a ~1,000-token prompt's first token
+# ~1.45x sooner than with q8_0 on 2 cores). With equal f16 K/V types it picks among
+# three kernels, and two make a row's logits depend on the rest of the micro-batch and
+# on where its cells sit in the cache: the tiled one (>= 64 query rows) groups KV cells
+# into blocks by cache index, and the split-KV one (a lone row over 512+ cells) cuts
+# the occupied range into one chunk per thread. A seeded request's text can then change
+# when another request's prompt is prefilled beside it, or when it runs again over a
+# cache that holds other entries. With quantized K/V llama.cpp always uses the per-row
+# kernel, which visits only the sequence's own cells, in cache order, so
+# `--deterministic` (batch-invariant mode) keeps q8_0 keys and values. Decode speed is
+# about the same either way in the server: f16's lone-row kernel is ~10% faster over
+# a fresh cache, but cutting cells by position gives one thread all of a sequence's
+# cells when idle prefix-cache entries sit below them.
 KV_CACHE_TYPE = lc.GGML_TYPE_F16
 INVARIANT_KV_CACHE_TYPE = lc.GGML_TYPE_Q8_0
 
