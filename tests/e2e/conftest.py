@@ -173,6 +173,62 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     return rep
 
 
+class KeyedServer:
+    """A chatd with two API keys on one store file, which outlives restarts of the
+    process (the stored-completions and Responses modules each run one)."""
+
+    def __init__(self, store: Path, keys: tuple[str, str], *extra: str) -> None:
+        self.store = store
+        self.keys = keys
+        self.args = ["--api-key", keys[0], "--api-key", keys[1], "--store", str(store),
+                     *extra]
+        self.process: ServerProcess | None = None
+
+    def start(self, *more: str) -> None:
+        """Start (again) on the same store; `more` adds flags for this run only."""
+        self.process = ServerProcess([*self.args, *more])
+        self.process.wait_ready()
+
+    @property
+    def url(self) -> str:
+        assert self.process is not None
+        return self.process.url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process.log_path.unlink(missing_ok=True)
+            self.process = None
+
+    def kill_9(self) -> None:
+        assert self.process is not None
+        self.process.proc.send_signal(signal.SIGKILL)
+        assert self.process.proc.wait(timeout=10) == -signal.SIGKILL
+        self.stop()  # closes the log
+
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.keys[0],
+                             max_retries=0, timeout=120.0)
+
+    def aclient(self, key: str | None = None) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key or self.keys[0],
+                                  max_retries=0, timeout=120.0)
+
+    def http(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120.0,
+                            headers={"Authorization": f"Bearer {key or self.keys[0]}"})
+
+
+@contextlib.contextmanager
+def keyed_server(store: Path, keys: tuple[str, str], *extra: str) -> Iterator[KeyedServer]:
+    server = KeyedServer(store, keys, *extra)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- clients
 
 

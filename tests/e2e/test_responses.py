@@ -8,17 +8,15 @@ store file, and continues a conversation made before the restart.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from .conftest import ServerProcess, running_server
+from .conftest import KeyedServer, keyed_server, running_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,48 +31,11 @@ WEATHER_TOOL = {
 }
 
 
-class KeyedServer:
-    """A keyed chatd on one store file, which outlives a restart of the process."""
-
-    def __init__(self, store: Path) -> None:
-        self.args = ["--api-key", KEY_A, "--api-key", KEY_B, "--store", str(store),
-                     "--ctx-size", "2048"]
-        self.process: ServerProcess | None = None
-
-    def start(self) -> None:
-        self.process = ServerProcess(self.args)
-        self.process.wait_ready()
-
-    def kill_9(self) -> None:
-        assert self.process is not None
-        self.process.proc.send_signal(signal.SIGKILL)
-        self.process.proc.wait(timeout=10)
-        self.stop()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process.log_path.unlink(missing_ok=True)
-            self.process = None
-
-    @property
-    def url(self) -> str:
-        assert self.process is not None
-        return self.process.url
-
-    def client(self, key: str = KEY_A) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0,
-                             timeout=120.0)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
-    s = KeyedServer(tmp_path_factory.mktemp("responses") / "store.sqlite3")
-    s.start()
-    try:
+    store = tmp_path_factory.mktemp("responses") / "store.sqlite3"
+    with keyed_server(store, (KEY_A, KEY_B), "--ctx-size", "2048") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sqlite3
 import threading
 import time
@@ -24,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import ServerProcess, assert_error
+from .conftest import KeyedServer, ServerProcess, assert_error, keyed_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,63 +32,15 @@ KEY_B = "sk-store-bob-0123456789"
 MODEL = "SmolLM2-135M-Instruct"
 
 
-class StoreServer:
-    """A keyed chatd on one store file, which outlives restarts of the process."""
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-        self.args = ["--api-key", KEY_A, "--api-key", KEY_B, "--store", str(store),
-                     "--ctx-size", "1024"]
-        self.process: ServerProcess | None = None
-
-    def start(self, *more: str) -> None:
-        self.process = ServerProcess([*self.args, *more])
-        self.process.wait_ready()
-
-    @property
-    def url(self) -> str:
-        assert self.process is not None
-        return self.process.url
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process.log_path.unlink(missing_ok=True)
-            self.process = None
-
-    def kill_9(self) -> None:
-        assert self.process is not None
-        self.process.proc.send_signal(signal.SIGKILL)
-        assert self.process.proc.wait(timeout=10) == -signal.SIGKILL
-        self.process.stop()  # closes the log
-        self.process.log_path.unlink(missing_ok=True)
-        self.process = None
-
-    def client(self, key: str = KEY_A) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0,
-                             timeout=120.0)
-
-    def aclient(self, key: str = KEY_A) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0,
-                                  timeout=120.0)
-
-    def http(self, key: str = KEY_A) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120.0,
-                            headers={"Authorization": f"Bearer {key}"})
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreServer]:
-    s = StoreServer(tmp_path_factory.mktemp("store") / "store.sqlite3")
-    s.start()
-    try:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
+    store = tmp_path_factory.mktemp("store") / "store.sqlite3"
+    with keyed_server(store, (KEY_A, KEY_B), "--ctx-size", "1024") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
-def client(server: StoreServer) -> Iterator[openai.OpenAI]:
+def client(server: KeyedServer) -> Iterator[openai.OpenAI]:
     with server.client() as c:
         yield c
 
@@ -160,7 +111,7 @@ def test_created_completions_are_stored_as_returned(client: openai.OpenAI,
     assert raw_stream["usage"]["completion_tokens"] > 0
 
 
-def test_list_parameters_and_auto_pagination(server: StoreServer,
+def test_list_parameters_and_auto_pagination(server: KeyedServer,
                                              tag: dict[str, str]) -> None:
     count = 105
 
@@ -212,7 +163,7 @@ def test_list_parameters_and_auto_pagination(server: StoreServer,
         assert client.chat.completions.list(metadata=tag, model="other").data == []
 
 
-def test_sixteen_concurrent_storing_clients_lose_nothing(server: StoreServer,
+def test_sixteen_concurrent_storing_clients_lose_nothing(server: KeyedServer,
                                                          tag: dict[str, str]) -> None:
     def one(i: int, out: list[str]) -> None:
         with server.client() as c:
@@ -285,7 +236,7 @@ def test_delete_then_404(client: openai.OpenAI, tag: dict[str, str]) -> None:
     assert client.chat.completions.list(metadata=tag).data == []
 
 
-def test_two_keys_are_isolated(server: StoreServer, tag: dict[str, str]) -> None:
+def test_two_keys_are_isolated(server: KeyedServer, tag: dict[str, str]) -> None:
     with server.client(KEY_A) as alice, server.client(KEY_B) as bob:
         mine = _create(alice, metadata=tag, max_tokens=2)
         theirs = _create(bob, metadata=tag, max_tokens=2)
@@ -305,7 +256,7 @@ def test_two_keys_are_isolated(server: StoreServer, tag: dict[str, str]) -> None
         stranger.chat.completions.list()
 
 
-def test_bad_parameters_are_openai_400s(server: StoreServer, tag: dict[str, str]) -> None:
+def test_bad_parameters_are_openai_400s(server: KeyedServer, tag: dict[str, str]) -> None:
     with server.client() as client:
         done = _create(client, metadata=tag, max_tokens=2)
         for call, param in [
@@ -335,7 +286,7 @@ def test_bad_parameters_are_openai_400s(server: StoreServer, tag: dict[str, str]
                      param="order")
 
 
-def test_storing_never_delays_the_tokens(server: StoreServer, tag: dict[str, str]) -> None:
+def test_storing_never_delays_the_tokens(server: KeyedServer, tag: dict[str, str]) -> None:
     """With the database's write lock held by someone else, a stored stream still gets
     every token and its finish chunk; only [DONE] waits for the write. Other requests
     are answered meanwhile (the event loop is not blocked)."""
@@ -422,7 +373,7 @@ def fuzz_stored_endpoints(url: str, key: str, real: list[str]) -> None:
             run()
 
 
-def test_schemathesis_finds_no_server_error(server: StoreServer, tag: dict[str, str]) -> None:
+def test_schemathesis_finds_no_server_error(server: KeyedServer, tag: dict[str, str]) -> None:
     with server.client() as client:
         real = [_create(client, metadata=tag, max_tokens=2).id for _ in range(3)]
     fuzz_stored_endpoints(server.url, KEY_A, real)
@@ -431,7 +382,7 @@ def test_schemathesis_finds_no_server_error(server: StoreServer, tag: dict[str, 
 # --------------------------------------------------------------- durability (last)
 
 
-def test_restart_keeps_everything(server: StoreServer, tag: dict[str, str]) -> None:
+def test_restart_keeps_everything(server: KeyedServer, tag: dict[str, str]) -> None:
     def everything() -> dict[str, list[tuple[str, dict[str, str]]]]:
         seen = {}
         for key in (KEY_A, KEY_B):
@@ -450,7 +401,7 @@ def test_restart_keeps_everything(server: StoreServer, tag: dict[str, str]) -> N
     assert everything() == before
 
 
-def test_kill_9_keeps_what_was_acknowledged(server: StoreServer,
+def test_kill_9_keeps_what_was_acknowledged(server: KeyedServer,
                                             tag: dict[str, str]) -> None:
     with server.client() as client:
         streamed = _stream(client, metadata=tag, max_tokens=4)
@@ -467,7 +418,7 @@ def test_kill_9_keeps_what_was_acknowledged(server: StoreServer,
             {streamed, plain.id}
 
 
-def test_store_max_age_deletes_old_completions(server: StoreServer,
+def test_store_max_age_deletes_old_completions(server: KeyedServer,
                                                tag: dict[str, str]) -> None:
     server.stop()
     server.start("--store-max-age", "4s")

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, OrderedDict
+from typing import TYPE_CHECKING
 
-from ray.serve._private.common import ReplicaID
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+if TYPE_CHECKING:  # Serve's hooks name it; only its unique_id is read here
+    from ray.serve._private.common import ReplicaID
 
 SESSION_KWARG = "session"
 """The keyword argument of the engine call that carries the session key."""
