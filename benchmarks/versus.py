@@ -19,8 +19,8 @@ Rows (`--rows`, all by default):
 - repeat: "repeat this text" greedy at concurrency 1, speculative decoding's case
   (on by default in chatd, behind flags in llama-server), with chatd's tokens per
   engine step from its GET /health counters;
-- same: an extra, labelled as such: llama-server configured as chatd's engine (one
-  unified q8_0 KV pool, flash attention, 512-token batches) sampling the whole
+- same: an extra, labelled as such: llama-server configured as chatd's engine (its
+  KV type and layout, flash attention, 512-token batches) sampling the whole
   distribution as chatd does (`--llama-server-sampling own` keeps its truncating
   defaults), temperature 0.7, streaming and at concurrency 1 also not.
 
@@ -104,15 +104,17 @@ def llama_server_default_command(binary: Path, model: Path, alias: str, port: in
 
 
 def llama_server_command(binary: Path, model: Path, alias: str, port: int, threads: int,
-                         kv_cells: int, parallel: int, own_sampling: bool = False) -> list[str]:
+                         kv_cells: int, parallel: int, own_sampling: bool = False,
+                         unified: bool = True) -> list[str]:
     """llama-server's flags for what chatd's engine does (see chatd.engine.llama), for
-    the same-sampling extra: one unified KV pool of `kv_cells` in chatd's KV type,
-    flash attention, 512-token batches, the same threads for decode and prompt
-    processing, and unless `own_sampling`, OpenAI's sampling defaults."""
+    the same-sampling extra: `kv_cells` in chatd's KV type and layout (one unified
+    pool, or a stream per slot), flash attention, 512-token batches, the same threads
+    for decode and prompt processing, and unless `own_sampling`, OpenAI's sampling
+    defaults."""
     kv_type = _KV_TYPE_NAMES[KV_CACHE_TYPE]
     return [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
             "-t", str(threads), "-tb", str(threads), "-c", str(kv_cells), "-np", str(parallel),
-            "--kv-unified", "-fa", "on", "-ctk", kv_type, "-ctv", kv_type,
+            *(["--kv-unified"] if unified else []), "-fa", "on", "-ctk", kv_type, "-ctv", kv_type,
             "-b", str(N_BATCH), "-ub", str(N_BATCH), "--no-webui", "--alias", alias,
             *([] if own_sampling else OPENAI_SAMPLING)]
 
@@ -392,14 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     as_users = [r for r in rows if r.section == AS_USERS_RUN]
     extra = [r for r in rows if r.section == SAME_SAMPLING]
     with chatd_server(serve) as (chatd_base, _pid):
-        kv_cells = int(health(chatd_base)["kv_cells_total"])
-        doc["kv_cells"] = kv_cells
+        state = health(chatd_base)
+        kv_cells, layout = int(state["kv_cells_total"]), str(state.get("kv_layout", "unified"))
+        doc["kv_cells"], doc["kv_layout"] = kv_cells, layout
         for section, section_rows, command in (
             (AS_USERS_RUN, as_users, lambda port: llama_server_default_command(
                 args.llama_server, model, alias, port, threads, ctx, slots)),
             (SAME_SAMPLING, extra, lambda port: llama_server_command(
                 args.llama_server, model, alias, port, threads, kv_cells, slots,
-                own_sampling=args.llama_server_sampling == "own")),
+                own_sampling=args.llama_server_sampling == "own", unified=layout == "unified")),
         ):
             if not section_rows:
                 continue
@@ -412,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_arg:
         print(f"\nnote: chatd ran with {' '.join(args.serve_arg)}, not its defaults")
     print(f"\nchatd vs {doc['llama_server_version']}, {threads} threads, {slots} slots, "
-          f"{ctx} tokens of context per sequence ({ctx * slots} in all; chatd's KV pool "
-          f"{kv_cells} cells), {args.max_tokens} tokens per request unless the row says; "
+          f"{ctx} tokens of context per sequence ({ctx * slots} in all; chatd's KV cache "
+          f"{kv_cells} cells, {layout} layout), {args.max_tokens} tokens per request "
+          "unless the row says; "
           f"ratio = geometric mean over {args.rounds} alternating rounds of chatd / "
           "llama-server (TTFT: lower is better)")
     _print_section("Each server as its users run it (llama-server: -m -t -c -np only, "

@@ -22,7 +22,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="most tokens (prompt + completion) one sequence may use "
                         "(default: the model's training context, at most 8192)")
     p.add_argument("--kv-cells", type=int, default=None,
-                   help="size of the shared KV cache in tokens (default: 4 x ctx-size)")
+                   help="size of the KV cache in tokens (default: 4 x ctx-size)")
+    p.add_argument("--kv-layout", choices=["auto", "unified", "split"], default="auto",
+                   help="unified: one cell pool all sequences share (prefixes shared for "
+                        "free). split: a stream of kv-cells / streams cells per sequence, "
+                        "so each reads only its own cells (faster with many sequences; "
+                        "prefixes are copied). auto (default): split when --kv-cells holds "
+                        "--ctx-size for each of --max-sequences, outside --deterministic")
     p.add_argument("--parked-cells", type=int, default=None,
                    help="prefix-cache cells that may wait in host memory, out of the KV cache "
                         "(default: kv-cells / 4; 0 drops idle entries instead)")
@@ -194,7 +200,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ctx_size=args.ctx_size, kv_cells=args.kv_cells, parked_cells=args.parked_cells,
         max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
-        threads=args.threads, kv_cache=kv_cache_from_args(args), speculate=args.speculate,
+        threads=args.threads, kv_cache=kv_cache_from_args(args), kv_layout=args.kv_layout,
+        speculate=args.speculate,
         mmproj=args.mmproj, media_fetch=args.media_fetch,
         media_max_bytes=args.media_max_bytes, media_timeout=args.media_timeout,
         max_n=args.max_n,

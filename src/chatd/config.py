@@ -27,6 +27,8 @@ class Settings:
     prefill_chunk: int = 64            # prompt tokens per step while others decode
     threads: int = 0                   # 0 = one per available core
     kv_cache: str = "f16"              # "f16": fastest; "q8_0": batch-invariant (--deterministic)
+    kv_layout: str = "auto"            # "unified": one shared pool; "split": a stream per
+                                       # sequence; "auto": split when kv_cells allow it
     speculate: str = "ngram"           # prompt-lookup drafts: "ngram" (when they pay),
                                        # "always", "off"
     max_n: int = 8                     # largest `n` one request may ask for

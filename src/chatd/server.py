@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 
 import llama_cpp
@@ -60,6 +60,10 @@ class Runtime:
     fingerprint: str
     store: CompletionStore | None = None  # opened and closed by the app's lifespan
 
+    @property
+    def kv_layout(self) -> str:
+        return "unified" if self.model.settings.kv_unified else "split"
+
     def close(self) -> None:
         self.engine.stop()
         if self.engine.projector is not None:
@@ -94,9 +98,14 @@ def build_runtime(settings: Settings) -> Runtime:
     batch_tokens = max(settings.batch_tokens, settings.max_sequences)
 
     kv_type = INVARIANT_KV_CACHE_TYPE if settings.deterministic else KV_CACHE_TYPE
-    model = LlamaModel(info.path, LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 2,
-                                                type_k=kv_type, type_v=kv_type,
-                                                n_batch=batch_tokens, n_threads=settings.threads))
+    llama = LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 2, type_k=kv_type,
+                          type_v=kv_type, n_batch=batch_tokens, n_threads=settings.threads)
+    streams = kv_streams(settings, ctx_size, kv_cells, n_slots)
+    if streams:
+        n_slots, stream_cells = streams
+        llama = replace(llama, kv_cells=n_slots * stream_cells, n_seq_max=n_slots,
+                        kv_unified=False)
+    model = LlamaModel(info.path, llama)
     projector = _load_projector(settings, model)
     engine = Engine(model, EngineConfig(
         max_running=settings.max_sequences, n_slots=n_slots, ctx_size=ctx_size,
@@ -119,11 +128,36 @@ def build_runtime(settings: Settings) -> Runtime:
                               media_policy=media_policy)
     fingerprint = info.fingerprint({
         "ctx_size": ctx_size, "kv_cells": kv_cells, "batch_tokens": batch_tokens,
-        "kv_cache": settings.kv_cache,
+        "kv_cache": settings.kv_cache, "kv_layout": "split" if streams else "unified",
         "mmproj": settings.mmproj.name if settings.mmproj else None,
         "chatd": __version__, "llama_cpp": llama_cpp.__version__,
     })
     return Runtime(settings, info, model, engine, chat, info.name, ctx_size, fingerprint)
+
+
+def kv_streams(settings: Settings, ctx_size: int, kv_cells: int,
+               n_slots: int) -> tuple[int, int] | None:
+    """(streams, cells per stream) when the KV cache is laid out one stream per
+    sequence (engine/streams.py), else None for one shared pool.
+
+    `auto` takes streams when the pool holds a full context for every sequence that
+    may run (llama.cpp gives each stream the same share), outside --deterministic.
+    """
+    stream = -(-ctx_size // 256) * 256  # llama.cpp rounds a stream up to 256 cells
+    fits = kv_cells // stream
+    layout = settings.kv_layout
+    if layout == "auto":
+        layout = ("split" if not settings.deterministic and fits >= settings.max_sequences
+                  else "unified")
+    if layout == "unified":
+        return None
+    if settings.deterministic:
+        raise ConfigError("--deterministic keeps one shared KV pool; drop --kv-layout split")
+    if fits < settings.max_sequences:
+        raise ConfigError(f"--kv-layout split gives every sequence its own {stream} cells: "
+                          f"--kv-cells must be at least --max-sequences x that, "
+                          f"{settings.max_sequences * stream}")
+    return min(n_slots, fits), stream
 
 
 def _load_projector(settings: Settings, model: LlamaModel) -> Projector | None:

@@ -6,6 +6,7 @@ when a test asks for it. Every helper here talks to the server over real HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -132,6 +134,49 @@ def running_server(extra_args: list[str]) -> Iterator[ServerProcess]:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 Path(f"{server.store_path}{suffix}").unlink()
+
+
+def concurrent_stops_limits_and_schemas(url: str, model_id: str, *, streams: int,
+                                        structured: int) -> None:
+    """Run `streams` seeded T=1 streams with a stop string and a token limit beside
+    `structured` strict json_schema requests, all at once, and check that each kept
+    its stop, its limit and its schema."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+
+    async def run() -> None:
+        c = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                               timeout=120.0)
+        try:
+            async def limited(i: int) -> None:
+                stream = await c.chat.completions.create(
+                    model=model_id, max_tokens=24, temperature=1.0, seed=i, stream=True,
+                    messages=[{"role": "user", "content": f"Count from {i} upwards."}],
+                    stop=["\n\n"], logit_bias={"2": -100, "0": -100})
+                text, finish = "", None
+                async for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+                        finish = chunk.choices[0].finish_reason or finish
+                assert "\n\n" not in text
+                assert finish in ("length", "stop")
+
+            async def one_structured(i: int) -> None:
+                r = await c.chat.completions.create(
+                    model=model_id, max_tokens=80, seed=i,
+                    messages=[{"role": "user", "content": "Describe a person as JSON."}],
+                    response_format={"type": "json_schema", "json_schema": {
+                        "name": "person", "schema": schema, "strict": True}})
+                assert r.choices[0].finish_reason == "stop"
+                jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+            await asyncio.gather(*(limited(i) for i in range(streams)),
+                                 *(one_structured(i) for i in range(structured)))
+        finally:
+            await c.close()
+
+    asyncio.run(run())
 
 
 @pytest.fixture(scope="session")

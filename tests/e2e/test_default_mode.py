@@ -8,16 +8,17 @@ kernel) and concurrent streams work, stops, limits and schemas are honoured.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Iterator
 
 import httpx
-import jsonschema
 import openai
 import pytest
 
-from tests.e2e.conftest import ServerProcess, running_server
+from tests.e2e.conftest import (
+    ServerProcess,
+    concurrent_stops_limits_and_schemas,
+    running_server,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,39 +70,4 @@ def test_long_prompt_is_answered_and_its_prefix_reused(fast: openai.OpenAI,
 
 def test_concurrent_streams_keep_stops_limits_and_schemas(fast_server: ServerProcess,
                                                           model_id: str) -> None:
-    schema = {"type": "object", "properties": {"name": {"type": "string"},
-                                               "age": {"type": "integer"}},
-              "required": ["name", "age"], "additionalProperties": False}
-
-    async def run() -> None:
-        c = openai.AsyncOpenAI(base_url=fast_server.url + "/v1", api_key="unused",
-                               max_retries=0, timeout=120.0)
-        try:
-            async def limited(i: int) -> None:
-                stream = await c.chat.completions.create(
-                    model=model_id, max_tokens=24, temperature=1.0, seed=i, stream=True,
-                    messages=[{"role": "user", "content": f"Count from {i} upwards."}],
-                    stop=["\n\n"], logit_bias={"2": -100, "0": -100})
-                text, finish = "", None
-                async for chunk in stream:
-                    if chunk.choices:
-                        text += chunk.choices[0].delta.content or ""
-                        finish = chunk.choices[0].finish_reason or finish
-                assert "\n\n" not in text
-                assert finish in ("length", "stop")
-
-            async def structured(i: int) -> None:
-                r = await c.chat.completions.create(
-                    model=model_id, max_tokens=80, seed=i,
-                    messages=[{"role": "user", "content": "Describe a person as JSON."}],
-                    response_format={"type": "json_schema", "json_schema": {
-                        "name": "person", "schema": schema, "strict": True}})
-                assert r.choices[0].finish_reason == "stop"
-                jsonschema.validate(json.loads(r.choices[0].message.content), schema)
-
-            await asyncio.gather(*(limited(i) for i in range(6)),
-                                 *(structured(i) for i in range(2)))
-        finally:
-            await c.close()
-
-    asyncio.run(run())
+    concurrent_stops_limits_and_schemas(fast_server.url, model_id, streams=6, structured=2)

@@ -42,7 +42,7 @@ def test_same_sampling_llama_server_gets_chatds_engine_settings() -> None:
     assert _flag(cmd, "-m") == "/m.gguf" and _flag(cmd, "--alias") == "M"
     assert _flag(cmd, "-t") == _flag(cmd, "-tb") == "2"
     assert _flag(cmd, "-c") == "32768" and _flag(cmd, "-np") == "16"
-    # chatd's KV cache: one unified pool, q8_0 keys and values, flash attention.
+    # chatd's default KV cache: one unified pool, f16 keys and values, flash attention.
     assert "--kv-unified" in cmd and _flag(cmd, "-fa") == "on"
     assert _flag(cmd, "-ctk") == _flag(cmd, "-ctv") == Settings.kv_cache == "f16"
     assert _flag(cmd, "-b") == _flag(cmd, "-ub") == str(Settings.batch_tokens)
@@ -52,6 +52,10 @@ def test_same_sampling_llama_server_gets_chatds_engine_settings() -> None:
     own = llama_server_command(Path("/x/llama-server"), Path("/m.gguf"), "M", 8080,
                                threads=2, kv_cells=32768, parallel=16, own_sampling=True)
     assert "--top-k" not in own and "--min-p" not in own
+    # chatd with a KV stream per sequence (--kv-layout): so is llama-server.
+    split = llama_server_command(Path("/x/llama-server"), Path("/m.gguf"), "M", 8080,
+                                 threads=2, kv_cells=73728, parallel=16, unified=False)
+    assert "--kv-unified" not in split and _flag(split, "-c") == "73728"
 
 
 def _args(*argv: str) -> argparse.Namespace:

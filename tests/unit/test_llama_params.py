@@ -35,3 +35,25 @@ def test_default_kv_cache_is_f16_and_deterministic_means_q8_0() -> None:
     with pytest.raises(SystemExit, match="--deterministic"):
         settings_from_args(build_parser().parse_args(
             ["serve", "--deterministic", "--kv-cache", "f16"]))
+
+
+def test_kv_layout_auto_takes_streams_only_when_every_sequence_gets_a_full_context() -> None:
+    from chatd.cli import build_parser, settings_from_args
+    from chatd.server import ConfigError, kv_streams
+
+    def streams(*args: str, ctx: int = 4608, cells: int = 73728,
+                slots: int = 32) -> tuple[int, int] | None:
+        return kv_streams(settings_from_args(build_parser().parse_args(["serve", *args])),
+                          ctx, cells, slots)
+
+    # llama-server's -c 73728 -np 16: sixteen streams of 4,608 cells.
+    assert streams("--max-sequences", "16") == (16, 4608)
+    assert streams("--max-sequences", "16", ctx=8192, cells=32768) is None  # the default
+    assert streams("--max-sequences", "4", ctx=1000, cells=8192) == (8, 1024)  # rounded up
+    assert streams("--max-sequences", "4", ctx=1024, cells=1 << 20, slots=8) == (8, 1024)
+    assert streams("--max-sequences", "16", "--deterministic") is None
+    assert streams("--max-sequences", "16", "--kv-layout", "unified") is None
+    with pytest.raises(ConfigError, match="at least --max-sequences x that, 81920"):
+        streams("--max-sequences", "16", "--kv-layout", "split", ctx=5000)
+    with pytest.raises(ConfigError, match="--deterministic"):
+        streams("--deterministic", "--kv-layout", "split")

@@ -106,6 +106,7 @@ def create_app(runtime: Backend) -> FastAPI:
         alive=alive,
         kv_cache=settings.kv_cache,
         deterministic=settings.deterministic,
+        kv_layout=getattr(runtime, "kv_layout", "unified"),
     )
     install_error_handlers(app)
     app.add_exception_handler(UnicodeEncodeError, _unencodable_text)

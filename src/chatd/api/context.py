@@ -27,6 +27,7 @@ class ServerContext:
     alive: Callable[[], bool] = lambda: True  # the engine can still make progress
     kv_cache: str = "f16"
     deterministic: bool = False  # batch-invariant mode (--deterministic)
+    kv_layout: str = "unified"   # or "split": one KV stream per sequence
 
 
 def context(request: Request) -> ServerContext:

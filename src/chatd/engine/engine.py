@@ -36,6 +36,7 @@ from chatd.engine.speculate import (
     best_length,
     verify,
 )
+from chatd.engine.streams import StreamScheduler
 from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob
 
 log = logging.getLogger("chatd.engine")
@@ -99,21 +100,34 @@ class GenerationStream:
             self.cancel()
 
 
+def _scheduler(model: LlamaModel, config: EngineConfig) -> Scheduler:
+    """The KV policy that matches the context's layout: one stream per slot, or one
+    pool with two extra sequence ids (the scheduler's trash and scratch)."""
+    if not model.settings.kv_unified:
+        if model.settings.n_seq_max != config.n_slots or config.ctx_size > model.stream_cells:
+            raise ValueError("per-sequence streams need one per slot, each holding ctx_size")
+        return StreamScheduler(
+            model, n_slots=config.n_slots, stream_cells=model.stream_cells,
+            max_running=config.max_running, batch_tokens=config.batch_tokens,
+            prefill_chunk=config.prefill_chunk)
+    if model.settings.n_seq_max < config.n_slots + 2:
+        raise ValueError("the llama.cpp context needs n_seq_max >= n_slots + 2 "
+                         "(the scheduler's trash and scratch sequence ids)")
+    return Scheduler(
+        model, n_slots=config.n_slots, kv_cells=model.kv_cells,
+        max_running=config.max_running, batch_tokens=config.batch_tokens,
+        prefill_chunk=config.prefill_chunk, epoch_cells=config.epoch_cells,
+        park_cells=config.park_cells,
+    )
+
+
 class Engine:
     def __init__(self, model: LlamaModel, config: EngineConfig,
                  projector: Projector | None = None) -> None:
-        if model.settings.n_seq_max < config.n_slots + 2:
-            raise ValueError("the llama.cpp context needs n_seq_max >= n_slots + 2 "
-                             "(the scheduler's trash and scratch sequence ids)")
         self.model = model
         self.config = config
         self.grammars = GrammarCompiler(model)
-        self.scheduler = Scheduler(
-            model, n_slots=config.n_slots, kv_cells=model.kv_cells,
-            max_running=config.max_running, batch_tokens=config.batch_tokens,
-            prefill_chunk=config.prefill_chunk, epoch_cells=config.epoch_cells,
-            park_cells=config.park_cells,
-        )
+        self.scheduler = _scheduler(model, config)
         self._inbox: deque[Group] = deque()
         self._wake = threading.Event()
         self._stopping = False

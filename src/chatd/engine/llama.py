@@ -115,6 +115,7 @@ class LlamaSettings:
     n_threads: int = 0  # 0 = physical cores
     type_k: int = KV_CACHE_TYPE
     type_v: int = KV_CACHE_TYPE
+    kv_unified: bool = True  # False: one stream of kv_cells / n_seq_max cells per sequence
 
 
 def default_threads() -> int:
@@ -124,7 +125,8 @@ def default_threads() -> int:
 
 
 class LlamaModel:
-    """A loaded GGUF model with one context whose KV cache all sequences share."""
+    """A loaded GGUF model with one context: one KV cell pool that all sequences share,
+    or one stream per sequence (`LlamaSettings.kv_unified`; engine/streams.py)."""
 
     def __init__(self, path: Path, settings: LlamaSettings) -> None:
         init_backend()
@@ -147,13 +149,16 @@ class LlamaModel:
         cparams.n_threads_batch = threads
         cparams.type_k = settings.type_k
         cparams.type_v = settings.type_v
-        cparams.kv_unified = True  # one cell pool: prefix sharing and n>1 forks are free
+        # One cell pool makes prefix sharing and n>1 forks free; one stream per sequence
+        # makes each decoding row read only its own sequence's cells (engine/streams.py).
+        cparams.kv_unified = settings.kv_unified
         cparams.no_perf = True
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
         self._mem = lc.llama_get_memory(self._ctx)
         self.kv_cells = lc.llama_n_ctx(self._ctx)
+        self.stream_cells = lc.llama_n_ctx_seq(self._ctx)  # cells one sequence may hold
 
         self._batch = lc.llama_batch_init(settings.n_batch, 0, 1)
         self.n_embd = lc.llama_model_n_embd_inp(self._model)

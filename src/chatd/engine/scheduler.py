@@ -1,5 +1,8 @@
 """Who runs this step: FIFO admission, KV slots with a prefix cache, the step plan.
 
+This is the policy for one KV cell pool that all sequences share (llama.cpp's
+unified cache); streams.py adapts it to one stream per sequence.
+
 Policy:
 - At most `max_running` sequences decode together (more only slows every stream
   on a CPU); later requests wait in FIFO order, and the head of the queue is never
@@ -156,7 +159,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if diff.size else m
 
 
-def _continues(entry: Slot, shared: int) -> bool:
+def continues(entry: Slot, shared: int) -> bool:
     """Whether a prompt sharing `shared` tokens with a cache entry carries it on (a
     chat's next turn) rather than only starting the same way (a system prompt)."""
     return shared > 0 and 2 * shared >= len(entry.tokens)
@@ -235,10 +238,8 @@ class Scheduler:
 
     def _try_admit(self, group: Group) -> bool:
         n = len(group.seqs)
-        if len(self.running) + n > self.max_running:
-            return False
-        idle = sorted((s for s in self.slots if s.owner is None), key=lambda s: s.last_used)
-        if len(idle) < n:
+        idle = self._idle_for(n)
+        if idle is None:
             return False
         prompt = group.seqs[0].tokens
         max_new = group.request.params.max_new_tokens
@@ -263,11 +264,34 @@ class Scheduler:
             if not self.running:
                 self._compact()  # so the restored cells land as low as they can
             self._unpark(best_slot)
-        # The leader takes the best entry over when it is idle and this prompt continues
-        # it; a prompt that only shares its beginning (a system prompt) gets a fresh
-        # slot and shares those cells, and the entry stays for whoever continues it.
+        self._place(group, idle, best_slot, best_len)
+        self._reserved[id(group.seqs[0])] = len(prompt) - best_len + max_new
+        for seq in group.seqs[1:]:
+            self._reserved[id(seq)] = max_new
+        if len(self.running) == 0:
+            self._compact()  # the new sequences hold only shared cells so far
+        self.running.extend(group.seqs)
+        return True
+
+    def _idle_for(self, n: int) -> list[Slot] | None:
+        """The idle slots, least recently used first, if `n` more sequences may run."""
+        if len(self.running) + n > self.max_running:
+            return None
+        idle = sorted((s for s in self.slots if s.owner is None), key=lambda s: s.last_used)
+        return idle if len(idle) >= n else None
+
+    def _place(self, group: Group, idle: list[Slot], best_slot: Slot | None,
+               best_len: int) -> None:
+        """Give the group's sequences slots: the leader starts from `best_len` tokens of
+        `best_slot`, the others wait in theirs to fork from the leader's prompt.
+
+        The leader takes the best entry over when it is idle and this prompt continues
+        it; a prompt that only shares its beginning (a system prompt) gets a fresh slot
+        and shares those cells, and the entry stays for whoever continues it.
+        """
+        n = len(group.seqs)
         leader_slot = (best_slot if best_slot is not None and best_slot.owner is None
-                       and _continues(best_slot, best_len) else None)
+                       and continues(best_slot, best_len) else None)
         chosen = [leader_slot] if leader_slot else []
         fresh = [s for s in idle if s is not best_slot]
         if len(fresh) < n - len(chosen):
@@ -276,17 +300,11 @@ class Scheduler:
         leader = group.seqs[0]
         self._bind(leader, chosen[0], best_slot, best_len)
         leader.status = Status.PREFILL
-        self._reserved[id(leader)] = len(prompt) - best_len + max_new
         for seq, slot in zip(group.seqs[1:], chosen[1:], strict=True):
             self._detach(slot, 0)
             slot.owner = seq
             seq.slot = slot.id
             seq.status = Status.FORKING
-            self._reserved[id(seq)] = max_new
-        if len(self.running) == 0:
-            self._compact()  # the new sequences hold only shared cells so far
-        self.running.extend(group.seqs)
-        return True
 
     def reset(self) -> None:
         """Forget every cell (after the running sequences were ended)."""
@@ -303,7 +321,7 @@ class Scheduler:
         for slot in self.slots:
             length = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
             if slot.parked is not None:
-                if length > best_len and _continues(slot, length):
+                if length > best_len and continues(slot, length):
                     best_slot, best_len = slot, length
             elif length > best_len or (length == best_len > 0 and best_slot is not None
                                        and best_slot.parked is not None):
@@ -520,9 +538,7 @@ class Scheduler:
         else:
             self._detach(slot, 0)
             if source is not None and reuse > 0:
-                self.kv.seq_copy(source.id, slot.id, 0, reuse)
-                slot.tokens = source.tokens[:reuse]
-                slot.cells = source.cells[:reuse]
+                self._share(source, slot, reuse)
             else:
                 reuse = 0
         slot.owner = seq
@@ -530,6 +546,13 @@ class Scheduler:
         seq.n_cached = reuse
         seq.cached_tokens = reuse
         self.prefix_hit_tokens += reuse
+
+    def _share(self, source: Slot, slot: Slot, count: int) -> None:
+        """Give the empty `slot` the first `count` tokens of `source` (in one cell pool a
+        copy is a reference: the cells are shared, not duplicated)."""
+        self.kv.seq_copy(source.id, slot.id, 0, count)
+        slot.tokens = source.tokens[:count]
+        slot.cells = source.cells[:count]
 
     def _detach(self, slot: Slot, start: int) -> None:
         """Drop the slot's tokens from `start` on without freeing their cells (see the
@@ -560,8 +583,7 @@ class Scheduler:
         # pool has room for them beside every running sequence's worst case.
         # Guessed rows also stay few enough that the decode rows keep llama.cpp's
         # small-batch kernels (DRAFT_ROWS).
-        spare = (min(self.kv_cells - self.committed_cells(),
-                     DRAFT_ROWS - len(decoding)) if draft is not None else 0)
+        spare = self._draft_room(len(decoding)) if draft is not None else 0
         rows = len(decoding)
         for seq in decoding:
             guess = draft(seq, spare, rows) if spare > 0 and draft is not None else []
@@ -593,6 +615,11 @@ class Scheduler:
             budget -= count
         return plan
 
+    def _draft_room(self, decoding: int) -> int:
+        """Guessed rows this step may carry: few enough that the decode rows keep
+        llama.cpp's small-batch kernels, and cells the pool can spare as garbage."""
+        return min(self.kv_cells - self.committed_cells(), DRAFT_ROWS - decoding)
+
     def _plan_media(self, plan: StepPlan, seq: Sequence, span: MediaSpan, budget: int) -> int:
         """The sequence's prefill has reached a media span: ask for its encoding, or
         take its next rows (one span per step; rows that attend both ways go whole)."""
@@ -617,23 +644,24 @@ class Scheduler:
                 slot.tokens.extend(seq.tokens[seq.n_cached:seq.n_cached + count])
             else:
                 slot.tokens += [seq.tokens[seq.n_cached], *guess]
-            # llama.cpp gives a batch's tokens the lowest free cells in batch order, and
-            # nothing below `allocated` is free inside an epoch.
-            slot.cells.extend(range(self.allocated, self.allocated + count))
+            self._placed(slot, seq, count)
             seq.n_cached += count
             slot.last_used = next(_clock)
-            self.allocated += count
-            left = self._reserved.get(id(seq))
-            if left is not None:
-                self._reserved[id(seq)] = max(0, left - count)
+
+    def _placed(self, slot: Slot, seq: Sequence, count: int) -> None:
+        # llama.cpp gives a batch's tokens the lowest free cells in batch order, and
+        # nothing below `allocated` is free inside an epoch.
+        slot.cells.extend(range(self.allocated, self.allocated + count))
+        self.allocated += count
+        left = self._reserved.get(id(seq))
+        if left is not None:
+            self._reserved[id(seq)] = max(0, left - count)
 
     def fork(self, leader: Sequence) -> list[Sequence]:
         """After the leader's prompt is cached, siblings share its cells."""
         siblings = [s for s in leader.group.seqs if s.status is Status.FORKING]
         for seq in siblings:
-            self.kv.seq_copy(leader.slot, seq.slot, 0, leader.n_cached)
-            self.slots[seq.slot].tokens = leader.tokens[: leader.n_cached]
-            self.slots[seq.slot].cells = self.slots[leader.slot].cells[: leader.n_cached]
+            self._share(self.slots[leader.slot], self.slots[seq.slot], leader.n_cached)
             seq.n_cached = leader.n_cached
             seq.cached_tokens = leader.cached_tokens
         return siblings

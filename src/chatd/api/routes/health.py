@@ -21,4 +21,5 @@ async def health(request: Request) -> JSONResponse:
     if not ctx.alive():
         return engine_stopped().to_response()
     return JSONResponse({"status": "ok", "model": ctx.model_name, "kv_cache": ctx.kv_cache,
+                         "kv_layout": ctx.kv_layout,
                          "deterministic": ctx.deterministic, **ctx.stats()})

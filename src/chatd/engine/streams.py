@@ -1,0 +1,114 @@
+"""KV policy for llama.cpp's per-sequence streams (`kv_unified=False`).
+
+In one shared cell pool (scheduler.py) every decoding row scans the mask of every
+occupied cell, its own sequence's or not: at 16 sequences that is ~15-19% of a step
+on a 2-core CPU (`benchmarks.ceiling --split-kv`). With one stream per sequence id a
+row reads only its own stream, which is how llama-server runs `-np N`. The price is
+llama.cpp's: each stream is a fixed `kv_cells / streams` cells, and cells cannot be
+shared across streams, so a prefix found in another stream is copied (its cells
+saved and restored, ~23 KB a token for SmolLM2 at f16: a 1,000-token prefix in
+a few milliseconds instead of seconds of prefill).
+
+Policy, on top of the shared scheduler's admission and step plan:
+- A stream is a slot. A finished sequence leaves its tokens there as a prefix cache
+  entry; a request that continues an idle entry (a chat's next turn) takes that
+  stream over, anything else takes the least recently used idle stream and copies
+  its longest cached prefix into it when that saves enough prefill.
+- No cell bookkeeping: llama.cpp refills a stream's freed cells from the lowest,
+  which is right after the tokens kept, so nothing needs repacking or parking.
+- A step's rows go in stream order, because llama.cpp splits a batch over streams
+  into micro-batches of consecutive sequence ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from chatd.engine.scheduler import DRAFT_ROWS, KVOps, Scheduler, Slot, StepPlan, continues
+from chatd.engine.sequence import Group, Sequence
+
+COPY_RATIO = 64  # copy a prefix when it is at least 1/64 of the entry restored for it
+
+
+class StreamScheduler(Scheduler):
+    def __init__(self, kv: KVOps, *, n_slots: int, stream_cells: int, max_running: int,
+                 batch_tokens: int, prefill_chunk: int) -> None:
+        super().__init__(kv, n_slots=n_slots, kv_cells=n_slots * stream_cells,
+                         max_running=max_running, batch_tokens=batch_tokens,
+                         prefill_chunk=prefill_chunk, park_cells=0)
+        self.stream_cells = stream_cells
+        self.copied_tokens = 0  # prefix tokens copied from another stream
+
+    # ---- accounting ---------------------------------------------------------------
+
+    def cells_in_use(self) -> tuple[int, int]:
+        running = sum(len(s.tokens) for s in self.slots if s.owner)
+        idle = sum(len(s.tokens) for s in self.slots if not s.owner)
+        return running, idle
+
+    def committed_cells(self) -> int:
+        return sum(len(s.tokens) for s in self.slots)
+
+    # ---- admission ----------------------------------------------------------------
+
+    def _try_admit(self, group: Group) -> bool:
+        """A stream per sequence; the prompt always fits one (Engine.generate checks
+        it against the context size, which is at most a stream)."""
+        idle = self._idle_for(len(group.seqs))
+        if idle is None:
+            return False
+        best_slot, best_len = self._best_prefix(group.seqs[0].tokens)
+        if (best_slot is not None and not (best_slot.owner is None
+                                           and continues(best_slot, best_len))
+                and best_len * COPY_RATIO < len(best_slot.tokens)):
+            best_slot, best_len = None, 0  # restoring the entry costs more than it saves
+        self._place(group, idle, best_slot, best_len)
+        self.running.extend(group.seqs)
+        return True
+
+    def maybe_repack(self) -> bool:
+        return False  # a stream's freed cells are reused in place
+
+    # ---- cells --------------------------------------------------------------------
+
+    def _share(self, source: Slot, slot: Slot, count: int) -> None:
+        """Copy the first `count` tokens of `source`'s stream into the empty `slot`'s:
+        llama.cpp copies across streams only whole buffers, so the source's cells
+        are saved and restored, and the tail past `count` dropped again."""
+        self.kv.seq_restore(self.kv.seq_save(source.id), slot.id)
+        if len(source.tokens) > count:
+            self.kv.seq_remove(slot.id, count, -1)
+        slot.tokens = source.tokens[:count]
+        self.copied_tokens += count
+
+    def _detach(self, slot: Slot, start: int) -> None:
+        if len(slot.tokens) > start:
+            self.kv.seq_remove(slot.id, start, -1)
+            del slot.tokens[start:]
+
+    def _placed(self, slot: Slot, seq: Sequence, count: int) -> None:
+        pass  # where llama.cpp puts a stream's cells does not matter to anything here
+
+    # ---- stepping -------------------------------------------------------------------
+
+    def _draft_room(self, decoding: int) -> int:
+        # A draft's cells fit the stream: Engine._draft keeps within the context size.
+        return DRAFT_ROWS - decoding
+
+    def plan(self, draft: Callable[[Sequence, int, int], list[int]] | None = None
+             ) -> StepPlan:
+        """The shared plan, its rows regrouped by stream so that llama.cpp's
+        micro-batches (runs of consecutive sequence ids) stay as few as they can."""
+        plan = super().plan(draft)
+        if len(plan.advanced) < 2:
+            return plan
+        sampled = {seq for seq, _row in plan.samplers}
+        ordered = StepPlan(decode_rows=plan.decode_rows, prefill_tokens=plan.prefill_tokens,
+                           media=plan.media, awaiting=plan.awaiting)
+        for seq, count in sorted(plan.advanced, key=lambda item: item[0].slot):
+            guess = plan.drafts.get(seq)
+            if guess is not None:
+                ordered.add_draft(seq, guess)
+            else:
+                ordered.add(seq, count, sample=seq in sampled)
+        return ordered
