@@ -142,3 +142,20 @@ def test_cells_are_freed_in_place_and_streams_limit_admission() -> None:
     sched.release(seq)
     assert sched.admit() == [c]
     assert sched.cells_in_use() == (3, 0), "b's three tokens; c's stream was emptied"
+
+
+def test_a_new_sequence_fills_a_gap_between_running_streams() -> None:
+    """Each run of consecutive busy streams is a micro-batch (a pass over the weights)."""
+    sched, _ = make_streams(n_slots=6, max_running=6)
+    groups = [make_group([10 * i + 1, 10 * i + 2]) for i in range(4)]
+    for g in groups:
+        sched.add(g)
+    sched.admit()
+    run_prefill(sched)
+    assert [g.seqs[0].slot for g in groups] == [0, 1, 2, 3]
+    sched.release(groups[1].seqs[0])  # streams 0, 2, 3 run; 1 is a gap; 4 and 5 idle
+    late = make_group([7, 7, 7])
+    sched.add(late)
+    sched.admit()
+    assert late.seqs[0].slot == 1
+    assert sorted(sched.plan().seq_ids) == sched.plan().seq_ids

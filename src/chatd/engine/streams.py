@@ -16,8 +16,9 @@ Policy, on top of the shared scheduler's admission and step plan:
   its longest cached prefix into it when that saves enough prefill.
 - No cell bookkeeping: llama.cpp refills a stream's freed cells from the lowest,
   which is right after the tokens kept, so nothing needs repacking or parking.
-- A step's rows go in stream order, because llama.cpp splits a batch over streams
-  into micro-batches of consecutive sequence ids.
+- llama.cpp splits a batch over streams into micro-batches of consecutive sequence
+  ids, each a pass over the weights: a step's rows go in stream order, and a new
+  sequence takes an idle stream beside running ones when there is one.
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ class StreamScheduler(Scheduler):
         self._place(group, idle, best_slot, best_len)
         self.running.extend(group.seqs)
         return True
+
+    def _idle_for(self, n: int) -> list[Slot] | None:
+        """Idle streams, those beside running ones first: llama.cpp decodes each run of
+        consecutive busy streams as a micro-batch of its own, so a stream taken in a
+        gap saves a pass over the weights every step. Then least recently used first,
+        so that prefix cache entries stay longest."""
+        idle = super()._idle_for(n)
+        if idle is None:
+            return None
+
+        def busy(i: int) -> bool:
+            return 0 <= i < len(self.slots) and self.slots[i].owner is not None
+
+        return sorted(idle, key=lambda s: -(busy(s.id - 1) + busy(s.id + 1)))
 
     def maybe_repack(self) -> bool:
         return False  # a stream's freed cells are reused in place
