@@ -104,3 +104,4 @@ def test_more_requests_than_streams_keep_stops_limits_and_schemas(
     concurrent_stops_limits_and_schemas(split_server.url, model_id, streams=7, structured=3)
     stats = httpx.get(split_server.url + "/health").json()
     assert stats["running_sequences"] == 0 and stats["kv_cells_running"] == 0
+    assert stats["kv_cells_allocated"] == stats["kv_cells_cached"] > 0

@@ -65,7 +65,8 @@ class _LiveGauges(Collector):
                     (running + cached) / total if total else 0.0)
         yield gauge("chatd_kv_cells_allocated",
                     "KV cells up to the allocation cursor, live or garbage: what attention "
-                    "scans every step.", stats.get("kv_cells_allocated", 0))
+                    "scans every step (with a stream per sequence: the cells the streams "
+                    "hold).", stats.get("kv_cells_allocated", 0))
         yield gauge("chatd_kv_cells_parked",
                     "Cells of prefix-cache entries parked in host memory (out of the KV "
                     "cache, so attention does not scan them).", stats.get("kv_cells_parked", 0))

@@ -95,14 +95,18 @@ class StreamScheduler(Scheduler):
             self.kv.seq_remove(slot.id, count, -1)
         slot.tokens = source.tokens[:count]
         self.copied_tokens += count
+        self.allocated += count
 
     def _detach(self, slot: Slot, start: int) -> None:
         if len(slot.tokens) > start:
             self.kv.seq_remove(slot.id, start, -1)
+            self.allocated -= len(slot.tokens) - start
             del slot.tokens[start:]
 
     def _placed(self, slot: Slot, seq: Sequence, count: int) -> None:
-        pass  # where llama.cpp puts a stream's cells does not matter to anything here
+        # Where llama.cpp puts a stream's cells matters to nothing here; `allocated`
+        # counts the cells held, which is what the streams' attention scans.
+        self.allocated += count
 
     # ---- stepping -------------------------------------------------------------------
 
