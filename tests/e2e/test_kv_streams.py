@@ -57,7 +57,8 @@ def test_a_chats_next_turn_reuses_its_stream(split: openai.OpenAI, model_id: str
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
 
 
-def test_a_shared_system_prompt_is_copied_to_other_chats(split: openai.OpenAI,
+def test_a_shared_system_prompt_is_copied_to_other_chats(split_server: ServerProcess,
+                                                         split: openai.OpenAI,
                                                          model_id: str) -> None:
     """A chat longer than twice the system prompt only starts like the others' (a
     prompt sharing at least half of an entry would be taken as its next turn)."""
@@ -71,9 +72,12 @@ def test_a_shared_system_prompt_is_copied_to_other_chats(split: openai.OpenAI,
              for i in range(3)]
     first = split.chat.completions.create(model=model_id, messages=chats[0], max_tokens=4)
     assert first.usage.prompt_tokens > 2 * system_tokens
+    copied = httpx.get(split_server.url + "/health").json()["prefix_cache_copied_tokens"]
     for messages in chats[1:]:
         r = split.chat.completions.create(model=model_id, messages=messages, max_tokens=4)
         assert r.usage.prompt_tokens_details.cached_tokens >= system_tokens - 8
+    health = httpx.get(split_server.url + "/health").json()
+    assert health["prefix_cache_copied_tokens"] >= copied + 2 * (system_tokens - 8)
     again = split.chat.completions.create(model=model_id, messages=chats[0], max_tokens=4)
     assert again.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
 

@@ -79,6 +79,11 @@ class _LiveGauges(Collector):
         yield CounterMetricFamily("chatd_prefix_cache_hit_tokens",
                                   "Prompt tokens reused from the prefix cache.",
                                   value=stats.get("prefix_cache_hit_tokens", 0))
+        yield CounterMetricFamily("chatd_prefix_cache_copied_tokens",
+                                  "Prompt tokens copied from another sequence's KV stream "
+                                  "(--kv-layout split: reused prefixes, n > 1 forks) "
+                                  "rather than shared.",
+                                  value=stats.get("prefix_cache_copied_tokens", 0))
         yield CounterMetricFamily("chatd_engine_steps", "Engine steps (llama_decode calls).",
                                   value=stats.get("steps", 0))
         yield CounterMetricFamily("chatd_engine_decode_seconds",

@@ -222,6 +222,7 @@ class Engine:
             "kv_parks": self.scheduler.parks,
             "kv_unparks": self.scheduler.unparks,
             "prefix_cache_hit_tokens": self.scheduler.prefix_hit_tokens,
+            "prefix_cache_copied_tokens": self.scheduler.copied_tokens,
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,
             "spec_drafted_tokens": self.drafted_tokens,

@@ -194,6 +194,7 @@ class Scheduler:
         self.waiting: deque[Group] = deque()
         self.running: list[Sequence] = []
         self.prefix_hit_tokens = 0
+        self.copied_tokens = 0  # prefix tokens copied, not shared (streams.py)
         self.allocated = 0      # cells written in this epoch (never freed inside it)
         self._trash_low: int | None = None  # lowest cell detached to the trash
         self.compactions = 0

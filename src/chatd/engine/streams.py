@@ -12,13 +12,14 @@ a few milliseconds instead of seconds of prefill).
 Policy, on top of the shared scheduler's admission and step plan:
 - A stream is a slot. A finished sequence leaves its tokens there as a prefix cache
   entry; a request that continues an idle entry (a chat's next turn) takes that
-  stream over, anything else takes the least recently used idle stream and copies
-  its longest cached prefix into it when that saves enough prefill.
+  stream over, anything else takes another idle stream (see below) and copies its
+  longest cached prefix into it when that saves enough prefill.
 - No cell bookkeeping: llama.cpp refills a stream's freed cells from the lowest,
   which is right after the tokens kept, so nothing needs repacking or parking.
 - llama.cpp splits a batch over streams into micro-batches of consecutive sequence
   ids, each a pass over the weights: a step's rows go in stream order, and a new
-  sequence takes an idle stream beside running ones when there is one.
+  sequence takes an idle stream beside running ones when there is one, else the
+  least recently used.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class StreamScheduler(Scheduler):
                          max_running=max_running, batch_tokens=batch_tokens,
                          prefill_chunk=prefill_chunk, park_cells=0)
         self.stream_cells = stream_cells
-        self.copied_tokens = 0  # prefix tokens copied from another stream
 
     # ---- accounting ---------------------------------------------------------------
 
