@@ -70,7 +70,7 @@ def test_a_shared_start_is_copied_into_a_fresh_stream_and_the_entry_kept() -> No
     assert ("save", source) in kv.ops and ("restore", source, leader.slot) in kv.ops
     assert ("rm", leader.slot, len(system), -1) in kv.ops, "the copied tail is dropped"
     assert sched.slots[source].tokens == [*system, *range(1, 50), 3, 4], "the entry is intact"
-    assert sched.allocated == sum(len(s.tokens) for s in sched.slots)
+    assert sched.scanned_cells() == sum(len(s.tokens) for s in sched.slots)
     assert sched.plan().tokens == [9, 9, 9, 9]
 
 
@@ -143,7 +143,7 @@ def test_cells_are_freed_in_place_and_streams_limit_admission() -> None:
     sched.release(seq)
     assert sched.admit() == [c]
     assert sched.cells_in_use() == (3, 0), "b's three tokens; c's stream was emptied"
-    assert sched.allocated == 3
+    assert sched.scanned_cells() == 3
 
 
 def test_a_new_sequence_fills_a_gap_between_running_streams() -> None:

@@ -214,7 +214,7 @@ class Engine:
             "kv_cells_total": self.model.kv_cells,
             "kv_cells_running": running,
             "kv_cells_cached": cached,
-            "kv_cells_allocated": self.scheduler.allocated,
+            "kv_cells_allocated": self.scheduler.scanned_cells(),
             "kv_epochs": self.scheduler.epochs,
             "kv_compactions": self.scheduler.compactions,
             "kv_repacks": self.scheduler.repacks,

@@ -213,6 +213,10 @@ class Scheduler:
         idle = sum(len(s.cells) for s in self.slots if not s.owner)
         return running, idle
 
+    def scanned_cells(self) -> int:
+        """Cells attention scans every step: all written this epoch, live or garbage."""
+        return self.allocated
+
     def parked_cells(self) -> int:
         """Cells of the prefix-cache entries parked in host memory."""
         return sum(len(s.tokens) for s in self.slots if s.parked is not None)

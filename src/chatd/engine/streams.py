@@ -50,6 +50,9 @@ class StreamScheduler(Scheduler):
     def committed_cells(self) -> int:
         return sum(len(s.tokens) for s in self.slots)
 
+    def scanned_cells(self) -> int:
+        return self.committed_cells()  # each stream's attention reads its own cells
+
     # ---- admission ----------------------------------------------------------------
 
     def _try_admit(self, group: Group) -> bool:
@@ -95,18 +98,14 @@ class StreamScheduler(Scheduler):
             self.kv.seq_remove(slot.id, count, -1)
         slot.tokens = source.tokens[:count]
         self.copied_tokens += count
-        self.allocated += count
 
     def _detach(self, slot: Slot, start: int) -> None:
         if len(slot.tokens) > start:
             self.kv.seq_remove(slot.id, start, -1)
-            self.allocated -= len(slot.tokens) - start
             del slot.tokens[start:]
 
     def _placed(self, slot: Slot, seq: Sequence, count: int) -> None:
-        # Where llama.cpp puts a stream's cells matters to nothing here; `allocated`
-        # counts the cells held, which is what the streams' attention scans.
-        self.allocated += count
+        pass  # where llama.cpp puts a stream's cells matters to nothing here
 
     # ---- stepping -------------------------------------------------------------------
 
