@@ -457,6 +457,10 @@ def test_presets_theme_and_phone_width(browser: Any, server_url: str) -> None:
         page.wait_for_selector("body[data-ready='1']")
         page.click("#open-settings")
         assert page.input_value("#set-system") == "Answer in one word."
+        # Opening the settings lists the presets from IndexedDB, asynchronously.
+        wait_js(page, "document.querySelector('#preset-select option') !== null"
+                " && document.querySelector('#preset-select').options[0].value !== ''",
+                timeout_s=10)
         assert page.locator("#preset-select option[value='terse']").count() == 1
         assert not probe.errors and not probe.csp_violations(), probe.console
     finally:
