@@ -38,7 +38,6 @@ class StreamScheduler(Scheduler):
         super().__init__(kv, n_slots=n_slots, kv_cells=n_slots * stream_cells,
                          max_running=max_running, batch_tokens=batch_tokens,
                          prefill_chunk=prefill_chunk, park_cells=0)
-        self.stream_cells = stream_cells
 
     # ---- accounting ---------------------------------------------------------------
 
