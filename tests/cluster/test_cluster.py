@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.conftest import (
     REPLICAS,
@@ -68,6 +69,45 @@ def test_same_routes_and_wire_format(cluster: Deployed) -> None:
         r = c.post("/v1/chat/completions", json=chat_body(
             [{"role": "user", "content": "Hi"}], max_tokens=2))
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def _completion_tokens(c: httpx.Client) -> dict[str, float]:
+    """chatd_completion_tokens_total per replica, from one scrape of /metrics."""
+    r = c.get("/metrics")
+    assert r.status_code == 200, r.text
+    return {s.labels["replica"]: s.value for f in text_string_to_metric_families(r.text)
+            if f.name == "chatd_completion_tokens" for s in f.samples}
+
+
+def test_health_and_metrics_answer_for_every_replica(cluster: Deployed) -> None:
+    """Whichever replica answers, /health and /metrics cover the deployment: every
+    replica's series, labelled, and the counters of requests served anywhere."""
+    with cluster.client("k-wire") as c:
+        wait_until(lambda: len(c.get("/health").json()["replicas"]) == REPLICAS, 30,
+                   "every replica in /health")
+        before = _completion_tokens(c)
+        assert len(before) == REPLICAS
+        served, usage = set(), 0
+        for i in range(8):
+            r = c.post("/v1/chat/completions", json=chat_body(
+                [{"role": "user", "content": f"Count to {i + 3}."}], max_tokens=6,
+                prompt_cache_key=f"metrics-{i}"))
+            assert r.status_code == 200, r.text
+            served.add(r.headers["x-chatd-replica"])
+            usage += r.json()["usage"]["completion_tokens"]
+        # Reports travel every second: within a few, any scrape sums to what was served.
+        wait_until(lambda: sum(_completion_tokens(c).values()) - sum(before.values())
+                   == usage, 15, f"/metrics to count the {usage} tokens served")
+        after = _completion_tokens(c)
+        assert set(after) == set(before) >= served
+        for _ in range(4):  # several scrapes, whichever replica each reaches
+            body = c.get("/health").json()
+            replicas = body["replicas"]
+            assert {r["replica"] for r in replicas} == set(after)
+            assert all(r["status"] == "ok" and r["age_s"] < 5 for r in replicas)
+            assert body["status"] == "ok"
+            assert body["kv_cells_total"] == sum(r["kv_cells_total"] for r in replicas)
+            assert body["tokens_generated"] == sum(r["tokens_generated"] for r in replicas)
 
 
 def _two_turn_chat(cluster: Deployed, i: int) -> tuple[int, str, str]:
@@ -183,6 +223,11 @@ def test_sigkill_a_replica_under_load(cluster: Deployed) -> None:
         r = c.get("/health")
         assert r.status_code == 200, r.text
         assert json.loads(r.text)
+        # The killed replica leaves /health once its reports stop; its successor is in.
+        live = {a["name"].rsplit("#", 1)[-1] for a in engine_replicas()}
+        assert victim["name"].rsplit("#", 1)[-1] not in live
+        wait_until(lambda: {x["replica"] for x in c.get("/health").json()["replicas"]}
+                   == live, 20, "/health to list the live replicas")
 
 
 def _load_while(cluster: Deployed, key: str, action: Any, *, workers: int = 8,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from chatd.api.auth import KeyChecker
+from chatd.api.deployment import Peers
 from chatd.api.gatekeeper import Gatekeeper
 from chatd.api.metrics import Metrics
 from chatd.chat.service import ChatService
@@ -28,6 +29,7 @@ class ServerContext:
     kv_cache: str = "f16"
     deterministic: bool = False  # batch-invariant mode (--deterministic)
     kv_layout: str = "unified"   # or "split": one KV stream per sequence
+    peers: Peers | None = None   # the other replicas, when this is one of several
 
 
 def context(request: Request) -> ServerContext:

@@ -14,20 +14,28 @@ from typing import Any
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from chatd.cluster.actors import HEAD_RESOURCE
 from chatd.cluster.engine import EngineReplica
 from chatd.cluster.ingress import Ingress, ingress_app
 from chatd.cluster.routing import SessionAffinityRouter
 from chatd.config import Settings
 
 APP_NAME = "chatd"
-HEAD_RESOURCE = "node:__internal_head__"
-"""The resource Ray gives only the head node."""
 HEALTH_CHECK_PERIOD_S = 2.0
 """How often Serve asks each replica whether its engine thread lives."""
 
 
 def limits_actor_name(app_name: str) -> str:
     return f"{app_name}-limits"
+
+
+def reports_actor_name(app_name: str) -> str:
+    return f"{app_name}-reports"
+
+
+def shared_actor_names(app_name: str) -> list[str]:
+    """The deployment's shared actors (chatd.cluster.actors), removed with it."""
+    return [limits_actor_name(app_name), reports_actor_name(app_name)]
 
 
 def build_app(settings: Settings, replicas: int, *, app_name: str = APP_NAME,
@@ -61,7 +69,7 @@ def build_app(settings: Settings, replicas: int, *, app_name: str = APP_NAME,
         ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}},
         max_ongoing_requests=max(1000, 4 * settings.max_sequences * replicas),
     )
-    return ingress.bind(engine.bind(settings, limits))
+    return ingress.bind(engine.bind(settings, limits, reports_actor_name(app_name)))
 
 
 def app_builder(args: dict[str, Any]) -> Any:

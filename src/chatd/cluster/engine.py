@@ -33,14 +33,19 @@ its generation (freeing the engine's sequence) before its task is cancelled."""
 class EngineReplica:
     """The engine deployment's class; `chatd.cluster.app` wraps it in `serve.deployment`."""
 
-    async def __init__(self, settings: Settings, limits: Any = None) -> None:
+    async def __init__(self, settings: Settings, limits: str | None = None,
+                       reports: str | None = None) -> None:
         # Imported here: the ingress process never loads a model or llama.cpp.
+        from ray import serve
+
         from chatd.api.app import create_app
         from chatd.server import build_runtime, open_store
         from chatd.webui.routes import install as install_webui
 
         logging.basicConfig(level=getattr(logging, settings.log_level.upper()))
         self.settings = settings
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.replica_id = replica.encode()
         store = open_store(settings)
         self.runtime = build_runtime(settings)
         self.runtime.store = store
@@ -49,17 +54,31 @@ class EngineReplica:
 
             self.runtime.limiter = SharedRateLimiter(  # type: ignore[attr-defined]
                 limits, settings.requests_per_minute, settings.tokens_per_minute)
+        peers = None
+        if reports is not None:
+            from chatd.cluster.telemetry import ReplicaPeers
+
+            peers = self.runtime.peers = ReplicaPeers(  # type: ignore[attr-defined]
+                reports, replica)
         self.runtime.engine.start()
         self.app = create_app(self.runtime)
         if settings.webui:
             install_webui(self.app)
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
-        from ray import serve
-
-        self.replica_id = serve.get_replica_context().replica_id.unique_id.encode()
+        self._reporting = (asyncio.get_running_loop().create_task(peers.run(self._report))
+                           if peers is not None else None)
         log.info("engine replica ready (pid %d): %s, %d llama.cpp threads", os.getpid(),
                  self.runtime.model_name, settings.threads)
+
+    def _report(self) -> tuple[dict[str, Any], str]:
+        """This replica's /health body and /metrics text, for the others to show."""
+        from chatd.api.routes.health import health_body
+
+        ctx = self.app.state.ctx
+        health = (health_body(ctx) if ctx.alive() else
+                  {"status": "the engine thread has stopped"})
+        return health, ctx.metrics.render().decode()
 
     async def handle(self, request: Message, body: bytes,
                      session: str | None = None) -> AsyncIterator[Message]:
@@ -124,6 +143,8 @@ class EngineReplica:
         """Serve's graceful stop (redeploy, scale-down): in-flight requests have already
         finished or timed out (graceful_shutdown_timeout_s); close the store, free the
         model."""
+        if self._reporting is not None:
+            self._reporting.cancel()
         with contextlib.suppress(Exception):
             await self._lifespan.__aexit__(None, None, None)
         self.runtime.close()

@@ -8,7 +8,6 @@ Ctrl-C deletes the app (replicas get `--shutdown-grace` to finish what they run)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -17,8 +16,8 @@ import threading
 import ray
 from ray import serve
 
-from chatd.cluster.app import APP_NAME, build_app, limits_actor_name
-from chatd.cluster.limits import NAMESPACE
+from chatd.cluster.actors import NAMESPACE, kill_shared_actor
+from chatd.cluster.app import APP_NAME, build_app, shared_actor_names
 from chatd.config import Settings
 
 log = logging.getLogger("chatd.cluster")
@@ -61,14 +60,10 @@ def run(settings: Settings, replicas: int, ray_address: str | None) -> None:
         stop.wait()
         log.info("shutting down: replicas get up to %gs to finish", settings.shutdown_grace)
         serve.delete(APP_NAME)
-        _kill_limits(limits_actor_name(APP_NAME))
+        for name in shared_actor_names(APP_NAME):
+            kill_shared_actor(name)
         if local:
             serve.shutdown()
     finally:
         ray.shutdown()
 
-
-def _kill_limits(name: str) -> None:
-    """The shared limits actor is detached (it outlives any replica): remove it."""
-    with contextlib.suppress(ValueError):  # never created: the deployment has no limits
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE))

@@ -1,6 +1,6 @@
 """Per-key rate limits that hold for the whole deployment, not once per replica.
 
-One small Ray actor (named, detached, no CPU) holds every key's token buckets; each
+One small shared actor (chatd.cluster.actors) holds every key's token buckets; each
 replica's `RateLimiter` keeps chatd's own admission logic and error messages but takes
 from and gives back to those shared buckets. Taking is a synchronous call (about a
 millisecond on one machine; it runs on the replica's user-code thread, not on the
@@ -20,10 +20,10 @@ from typing import Any
 import ray
 
 from chatd.api.ratelimit import RateLimiter, TokenBucket, _KeyBuckets
+from chatd.cluster.actors import shared_actor
 
 log = logging.getLogger("chatd.cluster")
 
-NAMESPACE = "chatd"
 CALL_TIMEOUT_S = 5.0
 
 
@@ -52,13 +52,9 @@ class _Buckets:
         self._bucket(key, kind).give(amount)
 
 
-LimitsActor = ray.remote(num_cpus=0, max_restarts=-1)(_Buckets)
-
-
 def limits_actor(name: str, rpm: int | None, tpm: int | None) -> Any:
     """The deployment's shared limits actor, created by whichever replica comes first."""
-    return LimitsActor.options(name=name, namespace=NAMESPACE, lifetime="detached",
-                               get_if_exists=True).remote(rpm, tpm)
+    return shared_actor(_Buckets, name, rpm, tpm)
 
 
 class SharedBucket:

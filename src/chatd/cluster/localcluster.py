@@ -17,8 +17,8 @@ import ray
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from chatd.cluster.app import APP_NAME, build_app, limits_actor_name
-from chatd.cluster.limits import NAMESPACE
+from chatd.cluster.actors import NAMESPACE, kill_shared_actor
+from chatd.cluster.app import APP_NAME, build_app, shared_actor_names
 from chatd.config import Settings
 
 READY_TIMEOUT_S = 180.0
@@ -68,8 +68,8 @@ def local_cluster(settings: Settings, *, nodes: int, replicas: int,
         try:
             if ray.is_initialized():
                 serve.shutdown()
-                with contextlib.suppress(ValueError):
-                    ray.kill(ray.get_actor(limits_actor_name(APP_NAME), namespace=NAMESPACE))
+                for name in shared_actor_names(APP_NAME):
+                    kill_shared_actor(name)
         finally:
             ray.shutdown()
             cluster.shutdown()
