@@ -6,7 +6,9 @@ import numpy as np
 
 from chatd.engine.sampling import Sampler
 from chatd.engine.speculate import (
+    AFTER_MISS_DRAFT,
     EXPLORE_AFTER,
+    MAX_DRAFT,
     NgramDrafter,
     StepCost,
     best_length,
@@ -42,6 +44,16 @@ def test_take_rate_follows_feedback_and_misses_rest() -> None:
     assert drafter.rate > start
     drafter.feedback(3, 0)  # a wholly rejected draft: rest a few steps
     assert drafter.draft(3) == []
+
+
+def test_after_a_miss_the_next_draft_is_short_until_one_is_wholly_taken() -> None:
+    tokens = list(range(40)) + list(range(3))  # "0 1 2" again: 37 tokens follow it
+    drafter = NgramDrafter(tokens)
+    assert len(drafter.draft(40)) == MAX_DRAFT
+    drafter.feedback(MAX_DRAFT, 5)  # the text departed from its source at guess 6
+    assert len(drafter.draft(40)) == AFTER_MISS_DRAFT
+    drafter.feedback(AFTER_MISS_DRAFT, AFTER_MISS_DRAFT)  # back on track
+    assert len(drafter.draft(40)) == MAX_DRAFT
 
 
 def test_step_cost_learns_the_line() -> None:

@@ -27,7 +27,10 @@ The line is fitted mostly on small steps, and rows get cheaper as a step grows
 (2 cores, 2 sequences: 8 ms a row at 2 rows, 5 ms at 26), so it undervalues long
 drafts. A drafter whose guesses are taken at least `SURE_RATE` of the time drafts
 all it can: on "repeat this text" that is 1.1-1.25x the tokens per second of no
-speculation, where the line alone would not draft at all.
+speculation, where the line alone would not draft at all. Only after a draft that was
+wholly taken, though: where the text just departed from what it copies, the next
+match is often a wrong one, and a wrong 12-token guess costs a step of 13 rows for
+one token, so the draft after a miss is a short one (`AFTER_MISS_DRAFT`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ EXPLORE_AFTER = 32        # decode steps of one size before a short draft re-mea
 EXPLORE_DRAFT = 2         # guesses in such a draft (plain chat: ~1% of its rows)
 EXPLORE_RATE = 0.5        # ... made only for a drafter whose guesses are mostly taken
 SURE_RATE = 0.85          # a drafter this reliable drafts all it can (see below)
+AFTER_MISS_DRAFT = 2      # guesses at most, after a draft that was not wholly taken
 
 
 class StepCost:
@@ -126,6 +130,7 @@ class NgramDrafter:
         self._taken = 2.0 * PRIOR_RATE
         self._rest = 0
         self._rest_after_miss = 4
+        self._cap = MAX_DRAFT   # AFTER_MISS_DRAFT until a draft is wholly taken
 
     @property
     def tried(self) -> bool:
@@ -158,7 +163,7 @@ class NgramDrafter:
             if end >= n:
                 found = latest.get(tuple(tokens[end - n:end]))
                 if found is not None:
-                    guess = tokens[found:found + min(limit, MAX_DRAFT)]
+                    guess = tokens[found:found + min(limit, self._cap)]
                     # Up to a media placeholder (negative id): never a token to decode.
                     cut = next((i for i, t in enumerate(guess) if t < 0), len(guess))
                     return guess[:cut]
@@ -168,6 +173,7 @@ class NgramDrafter:
         """Record how much of the last draft was taken (a geometric model: a guess after
         a rejected one was never tested, so only the tested ones count)."""
         self._verified += 1
+        self._cap = MAX_DRAFT if accepted >= drafted else AFTER_MISS_DRAFT
         tested = min(drafted, accepted + 1)
         self._drafted = 0.9 * self._drafted + tested
         self._taken = 0.9 * self._taken + accepted
