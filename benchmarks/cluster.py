@@ -6,6 +6,8 @@
    tokens/s and the ratio. On a machine with as many cores as worker nodes, Ray's own
    processes (GCS, raylets, controller, proxy, ingress) share those cores with the
    engines, so the ratio there understates what separate machines give.
+   Beside each run: how many cores the engine replicas' processes used, and how many
+   everything else on the machine did (Ray's processes, the load generator).
 2. Overhead at c=1: a plain `chatd serve --threads 1` against the 1-replica
    deployment, TTFT and ITL (the extra hops: Serve's proxy, chatd's ingress, a
    streaming handle to the engine replica).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -37,6 +40,47 @@ def _prompt(client: int, index: int) -> str:
 def _load(url: str, conc: int, args: argparse.Namespace) -> LoadResult:
     return asyncio.run(run_load(url + "/v1", None, conc, requests_per_client=args.requests,
                                 max_tokens=args.max_tokens, prompt=_prompt))
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(CPU seconds this machine has spent busy, CPU seconds of the processes `pids`)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    own = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return busy / CLOCK_TICKS, own / CLOCK_TICKS
+
+
+def _engine_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+            if a.class_name.endswith(":ChatdEngine") and a.pid]
+
+
+def _measured_load(url: str, conc: int, args: argparse.Namespace
+                   ) -> tuple[LoadResult, float, float]:
+    """A load run, with the cores the engine replicas and everything else used."""
+    pids = _engine_pids()
+    busy0, own0 = _cpu_seconds(pids)
+    start = time.monotonic()
+    result = _load(url, conc, args)
+    wall = time.monotonic() - start
+    busy1, own1 = _cpu_seconds(pids)
+    engines, total = (own1 - own0) / wall, (busy1 - busy0) / wall
+    print(f"  c={conc}: engine replicas used {engines:.2f} cores, everything else "
+          f"{total - engines:.2f} (of {os.cpu_count()})", flush=True)
+    return result, engines, total - engines
 
 
 def _row(label: str, res: LoadResult) -> dict[str, Any]:
@@ -91,10 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                                           requests_per_client=args.c1_requests,
                                           max_tokens=args.max_tokens, prompt=_prompt))
                 rows.append(_row("ray serve, 1 replica", c1))
-            runs = [_load(url, conc, args) for conc in args.concurrency]
+            measured = [_measured_load(url, conc, args) for conc in args.concurrency]
+        runs = [r for r, _, _ in measured]
         print(format_table(runs), flush=True)
         results[nodes] = runs
-        rows += [_row(label, r) for r in runs]
+        rows += [{**_row(label, r), "engine_cores": round(e, 2), "other_cores": round(o, 2)}
+                 for r, e, o in measured]
     for one, two in zip(results[1], results[2], strict=True):
         ratio = two.tokens_per_s / one.tokens_per_s if one.tokens_per_s else float("nan")
         print(f"c={one.concurrency}: 2 replicas / 1 replica = {ratio:.2f}x aggregate tokens/s")
