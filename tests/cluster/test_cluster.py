@@ -79,13 +79,25 @@ def _completion_tokens(c: httpx.Client) -> dict[str, float]:
             if f.name == "chatd_completion_tokens" for s in f.samples}
 
 
+def _settled_completion_tokens(c: httpx.Client) -> dict[str, float]:
+    """The per-replica counts once two scrapes a few report periods apart agree."""
+    last = _completion_tokens(c)
+    for _ in range(10):
+        time.sleep(2.5)
+        now = _completion_tokens(c)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"/metrics kept changing with nothing running: {last}")
+
+
 def test_health_and_metrics_answer_for_every_replica(cluster: Deployed) -> None:
     """Whichever replica answers, /health and /metrics cover the deployment: every
     replica's series, labelled, and the counters of requests served anywhere."""
     with cluster.client("k-wire") as c:
         wait_until(lambda: len(c.get("/health").json()["replicas"]) == REPLICAS, 30,
                    "every replica in /health")
-        before = _completion_tokens(c)
+        before = _settled_completion_tokens(c)  # earlier tests' tokens all reported
         assert len(before) == REPLICAS
         served, usage = set(), 0
         for i in range(8):
