@@ -117,6 +117,18 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--ray-address", default=None, metavar="ADDR",
                          help="deploy on an existing Ray cluster ('auto': the one this "
                               "machine joined) instead of starting Ray here")
+    cluster.add_argument("--gpus-per-replica", type=_non_negative_float, default=0.0,
+                         metavar="G",
+                         help="GPUs Ray reserves for each replica (num_gpus: 1 places one "
+                              "replica per GPU); llama.cpp puts every layer on it when "
+                              "llama-cpp-python was built with GPU support (default 0)")
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -240,7 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     from chatd.server import ConfigError, serve
 
     if args.replicas is not None or args.ray_address is not None:
-        sys.exit(_serve_cluster(settings, args.replicas or 1, args.ray_address))
+        sys.exit(_serve_cluster(settings, args.replicas or 1, args.ray_address,
+                                args.gpus_per_replica))
+    if args.gpus_per_replica:
+        print("chatd: --gpus-per-replica is for Ray Serve replicas: add --replicas N "
+              "(one process uses the GPU its llama-cpp-python build supports by itself)",
+              file=sys.stderr)
+        sys.exit(2)
     try:
         serve(settings)
     except ConfigError as exc:
@@ -248,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def _serve_cluster(settings: Settings, replicas: int, ray_address: str | None) -> int:
+def _serve_cluster(settings: Settings, replicas: int, ray_address: str | None,
+                   gpus: float = 0.0) -> int:
     """`--replicas` / `--ray-address`: the same server, on Ray Serve (chatd.cluster)."""
     try:
         from chatd.cluster import launcher
@@ -256,5 +275,5 @@ def _serve_cluster(settings: Settings, replicas: int, ray_address: str | None) -
         print("chatd: --replicas and --ray-address need Ray Serve: "
               "pip install 'chatd[ray]'", file=sys.stderr)
         return 2
-    launcher.run(settings, replicas, ray_address)
+    launcher.run(settings, replicas, ray_address, gpus)
     return 0

@@ -57,3 +57,15 @@ def test_kv_layout_auto_takes_streams_only_when_every_sequence_gets_a_full_conte
         streams("--max-sequences", "16", "--kv-layout", "split", ctx=5000)
     with pytest.raises(ConfigError, match="--deterministic"):
         streams("--deterministic", "--kv-layout", "split")
+
+
+def test_gpus_per_replica_is_for_replicas_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from chatd.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--gpus-per-replica", "1"])
+    assert exit_.value.code == 2
+    assert "--replicas" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--replicas", "2", "--gpus-per-replica", "-1"])
+    assert build_parser().parse_args(["serve", "--replicas", "2"]).gpus_per_replica == 0.0

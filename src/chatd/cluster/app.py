@@ -39,9 +39,10 @@ def shared_actor_names(app_name: str) -> list[str]:
 
 
 def build_app(settings: Settings, replicas: int, *, app_name: str = APP_NAME,
-              threads: int = 1) -> Any:
-    """N engine replicas of `threads` CPUs each (num_cpus and llama.cpp threads alike),
-    routed by session, behind a CPU-less ingress."""
+              threads: int = 1, gpus: float = 0.0) -> Any:
+    """N engine replicas of `threads` CPUs each (num_cpus and llama.cpp threads alike)
+    and `gpus` GPUs (Ray then sets CUDA_VISIBLE_DEVICES), routed by session, behind a
+    CPU-less ingress."""
     settings = dataclasses.replace(settings, threads=threads)
     limits = None
     if settings.requests_per_minute is not None or settings.tokens_per_minute is not None:
@@ -51,7 +52,7 @@ def build_app(settings: Settings, replicas: int, *, app_name: str = APP_NAME,
         num_replicas=replicas,
         # Ray sets OMP_NUM_THREADS from num_cpus; llama.cpp gets its threads explicitly
         # (settings.threads above), so both agree with the CPUs Ray reserved.
-        ray_actor_options={"num_cpus": threads},
+        ray_actor_options={"num_cpus": threads, **({"num_gpus": gpus} if gpus else {})},
         # A replica is "saturated" when its batch is full: then the router looks elsewhere.
         max_ongoing_requests=settings.max_sequences,
         max_queued_requests=settings.max_queue * replicas,
@@ -80,4 +81,5 @@ def app_builder(args: dict[str, Any]) -> Any:
     argv = args.get("argv", "")
     argv = shlex.split(argv) if isinstance(argv, str) else list(argv)
     ns = build_parser().parse_args(["serve", *argv])
-    return build_app(settings_from_args(ns), ns.replicas or 1, threads=ns.threads or 1)
+    return build_app(settings_from_args(ns), ns.replicas or 1, threads=ns.threads or 1,
+                     gpus=ns.gpus_per_replica)

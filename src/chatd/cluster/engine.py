@@ -43,6 +43,7 @@ class EngineReplica:
         from chatd.webui.routes import install as install_webui
 
         logging.basicConfig(level=getattr(logging, settings.log_level.upper()))
+        _check_gpus()
         self.settings = settings
         replica = serve.get_replica_context().replica_id.unique_id
         self.replica_id = replica.encode()
@@ -148,6 +149,22 @@ class EngineReplica:
         with contextlib.suppress(Exception):
             await self._lifespan.__aexit__(None, None, None)
         self.runtime.close()
+
+
+def _check_gpus() -> None:
+    """A replica given GPUs (--gpus-per-replica) whose llama.cpp cannot use them says so:
+    it still serves, on its CPUs, while the GPUs sit reserved."""
+    import ray
+
+    from chatd.engine.llama import gpu_offload_supported
+
+    gpus = ray.get_gpu_ids()
+    if gpus and not gpu_offload_supported():
+        log.warning("this replica was given GPU(s) %s, but llama-cpp-python was built "
+                    "without GPU support: running on the CPU (rebuild it with e.g. "
+                    "CMAKE_ARGS=-DGGML_CUDA=on)", gpus)
+    elif gpus:
+        log.info("engine replica on GPU(s) %s: every layer offloaded", gpus)
 
 
 def _coalesce(message: Message, out: asyncio.Queue[Message | None]) -> Message:

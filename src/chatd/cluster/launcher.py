@@ -33,7 +33,8 @@ def replica_threads(settings: Settings, replicas: int, local: bool) -> int:
     return 1
 
 
-def run(settings: Settings, replicas: int, ray_address: str | None) -> None:
+def run(settings: Settings, replicas: int, ray_address: str | None,
+        gpus: float = 0.0) -> None:
     local = ray_address is None
     threads = replica_threads(settings, replicas, local)
     if local:
@@ -52,7 +53,7 @@ def run(settings: Settings, replicas: int, ray_address: str | None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(build_app(settings, replicas, threads=threads), name=APP_NAME,
+        serve.run(build_app(settings, replicas, threads=threads, gpus=gpus), name=APP_NAME,
                   route_prefix="/", blocking=False)
         log.info("chatd ready at http://%s:%d/v1: %d engine replica(s) on Ray Serve, "
                  "%d CPU(s) and llama.cpp thread(s) each", settings.host, settings.port,

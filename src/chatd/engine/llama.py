@@ -61,6 +61,11 @@ def cpu_has_amx() -> bool:
     return False
 
 
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can run layers on a GPU (CUDA, Metal, Vulkan...)."""
+    return bool(lc.llama_supports_gpu_offload())
+
+
 def model_params() -> lc.llama_model_params:
     """Load parameters for the weights, shared by the server and the ceiling benchmark.
 
@@ -71,7 +76,7 @@ def model_params() -> lc.llama_model_params:
     weights that make Q4_0/Q4_K models faster on AVX2.
     """
     mparams = lc.llama_model_default_params()
-    mparams.n_gpu_layers = -1 if lc.llama_supports_gpu_offload() else 0
+    mparams.n_gpu_layers = -1 if gpu_offload_supported() else 0
     if cpu_has_amx():
         mparams.use_extra_bufts = False
     return mparams
