@@ -16,6 +16,8 @@ import ray
 NAMESPACE = "chatd"
 HEAD_RESOURCE = "node:__internal_head__"
 """The resource Ray gives only the head node."""
+CALL_TIMEOUT_S = 5.0
+"""How long a replica waits on a shared actor before going on without it."""
 
 
 def shared_actor(cls: type, name: str, *args: Any) -> Any:

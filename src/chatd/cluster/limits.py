@@ -20,11 +20,9 @@ from typing import Any
 import ray
 
 from chatd.api.ratelimit import RateLimiter, TokenBucket, _KeyBuckets
-from chatd.cluster.actors import shared_actor
+from chatd.cluster.actors import CALL_TIMEOUT_S, shared_actor
 
 log = logging.getLogger("chatd.cluster")
-
-CALL_TIMEOUT_S = 5.0
 
 
 class _Buckets:

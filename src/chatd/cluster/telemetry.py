@@ -19,14 +19,13 @@ from dataclasses import replace
 from typing import Any
 
 from chatd.api.deployment import PeerReport
-from chatd.cluster.actors import shared_actor
+from chatd.cluster.actors import CALL_TIMEOUT_S, shared_actor
 
 log = logging.getLogger("chatd.cluster")
 
 REPORT_PERIOD_S = 1.0
 EXPIRE_S = 5.0
 """A report older than this is of a replica that is gone (Serve checks every 2 s)."""
-CALL_TIMEOUT_S = 5.0
 
 Report = tuple[str, float, dict[str, Any], str]
 """(replica, age in seconds, health body, metrics text), as the board returns them."""
