@@ -26,11 +26,14 @@ repeat costs nothing.
 The line is fitted mostly on small steps, and rows get cheaper as a step grows
 (2 cores, 2 sequences: 8 ms a row at 2 rows, 5 ms at 26), so it undervalues long
 drafts. A drafter whose guesses are taken at least `SURE_RATE` of the time drafts
-all it can: on "repeat this text" that is 1.1-1.25x the tokens per second of no
-speculation, where the line alone would not draft at all. Only after a draft that was
-wholly taken, though: where the text just departed from what it copies, the next
-match is often a wrong one, and a wrong 12-token guess costs a step of 13 rows for
-one token, so the draft after a miss is a short one (`AFTER_MISS_DRAFT`).
+all it can, up to `MAX_DRAFT`: a step costs ~5 ms plus ~5.3 ms a row for one
+sequence on 2 cores (10 ms for 1 row, 76 ms for 13, 175 ms for 33), so only long,
+wholly taken drafts spread the fixed part thin, and a cap of 32 gave 1.13x the
+tokens per second of 12 on "repeat this text" (6 alternating rounds). Only after a
+draft that was wholly taken, though: where the text just departed from what it
+copies, the next match is often a wrong one, and a wrong 32-token guess costs a
+step of 33 rows for one token, so the draft after a miss is one guess
+(`AFTER_MISS_DRAFT`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 NGRAM_SIZES = (4, 3, 2)   # longest match first
-MAX_DRAFT = 12
+MAX_DRAFT = 32            # guesses in one draft, at most
 MAX_REST = 64             # steps a drafter rests after repeated misses
 INDEX_WINDOW = 8192       # only the latest tokens are searched
 PRIOR_RATE = 0.6          # guessed tokens taken, before a drafter has any record
@@ -46,7 +49,7 @@ EXPLORE_AFTER = 32        # decode steps of one size before a short draft re-mea
 EXPLORE_DRAFT = 2         # guesses in such a draft (plain chat: ~1% of its rows)
 EXPLORE_RATE = 0.5        # ... made only for a drafter whose guesses are mostly taken
 SURE_RATE = 0.85          # a drafter this reliable drafts all it can (see below)
-AFTER_MISS_DRAFT = 2      # guesses at most, after a draft that was not wholly taken
+AFTER_MISS_DRAFT = 1      # guesses at most, after a draft that was not wholly taken
 
 
 class StepCost:
