@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from chatd.engine import sampling
 from chatd.engine.sampling import Sampler, _draw, _nucleus, log_softmax_at, top_ids
 from chatd.engine.types import SamplingParams
 
@@ -155,12 +156,18 @@ def test_blockwise_draw_is_the_inverse_cdf(n: int) -> None:
         assert got == ref or abs(cdf[got] - cdf[ref]) <= 1e-6 * cdf[-1]
 
 
-def test_sampled_frequencies_match_softmax_of_biased_scaled_logits() -> None:
+@pytest.mark.parametrize("exponential", [(np.exp, 1.0), (np.exp2, 1.4426950408889634)],
+                         ids=["exp", "exp2"])
+def test_sampled_frequencies_match_softmax_of_biased_scaled_logits(
+        exponential: tuple[np.ufunc, float], monkeypatch: pytest.MonkeyPatch) -> None:
     """The draw follows softmax((logits + bias - penalties) / T), banned tokens never.
 
     4,096 tokens take the block-wise path; the likely tokens sit in different blocks
     and the long tail carries ~15% of the mass, so both levels of the draw count.
+    Both exponentials that `sampling._exponential` may pick by CPU are checked.
     """
+    monkeypatch.setattr(sampling, "_EXP", exponential[0])
+    monkeypatch.setattr(sampling, "_UNIT", exponential[1])
     n = 4096
     rng = np.random.default_rng(21)
     r = rng.normal(-4.0, 1.0, n).astype(np.float32)
