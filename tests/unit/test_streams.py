@@ -74,6 +74,30 @@ def test_a_shared_start_is_copied_into_a_fresh_stream_and_the_entry_kept() -> No
     assert sched.plan().tokens == [9, 9, 9, 9]
 
 
+def test_a_stream_that_already_holds_the_shared_start_keeps_it_in_place() -> None:
+    """Every idle stream began the same way (16 clients, one system prompt): the one
+    given up keeps those cells instead of receiving a copy of them."""
+    sched, kv = make_streams(n_slots=2)
+    system = list(range(100, 140))
+    for tail in (range(1, 50), range(50, 99)):  # each chat is most of its entry
+        chat = make_group([*system, *tail])
+        sched.add(chat)
+        sched.admit()
+        finish(sched, chat, [7, 8])
+    entries = [list(s.tokens) for s in sched.slots]
+    kv.ops.clear()
+    other = make_group([*system, 9, 9])
+    sched.add(other)
+    sched.admit()
+    leader = other.seqs[0]
+    assert leader.cached_tokens == len(system)
+    assert not [op for op in kv.ops if op[0] in ("save", "restore")], "nothing is copied"
+    assert ("rm", leader.slot, len(system), -1) in kv.ops, "only the old tail is dropped"
+    kept = sched.slots[1 - leader.slot]
+    assert kept.tokens == entries[kept.id], "the best entry is intact"
+    assert sched.plan().tokens == [9, 9]
+
+
 def test_a_few_shared_tokens_are_not_worth_restoring_a_long_entry() -> None:
     sched, kv = make_streams()
     long = make_group([1, *range(200, 300)])

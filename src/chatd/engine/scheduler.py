@@ -537,8 +537,15 @@ class Scheduler:
         self.unparks += 1
 
     def _bind(self, seq: Sequence, slot: Slot, source: Slot | None, reuse: int) -> None:
-        """Give `seq` its slot, keeping `reuse` prompt tokens from `source`'s cells."""
-        if source is slot:
+        """Give `seq` its slot, keeping `reuse` prompt tokens from `source`'s cells.
+
+        A slot that already holds those tokens itself (another request that began the
+        same way left them there) keeps them in place: the same entry is given up as
+        by a copy into it, without the copy (in streams, a save and restore of the
+        whole source entry: ~16 such copies when 16 same-prompt requests arrive).
+        """
+        if source is slot or (source is not None and reuse > 0 and slot.parked is None
+                              and common_prefix(slot.tokens, seq.tokens) >= reuse):
             self._detach(slot, reuse)
         else:
             self._detach(slot, 0)
