@@ -382,3 +382,19 @@ def test_builtin_none_content() -> None:
     assert ChatTemplate(None).render(msgs, add_generation_prompt=False) == (
         "<|im_start|>assistant\n<|im_end|>\n"
     )
+
+
+def test_only_short_plain_text_conversations_are_tokenized_on_the_event_loop() -> None:
+    """Short chats skip the thread hop; anything that may take a millisecond or more
+    (long text, tools, content parts) still goes off the event loop."""
+    from chatd.chat.service import INLINE_CHARS, _quick_to_tokenize
+
+    short = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert _quick_to_tokenize(short, [])
+    assert _quick_to_tokenize([{"role": "assistant", "content": None}], [])
+    assert not _quick_to_tokenize([{"role": "user", "content": "x" * (INLINE_CHARS + 1)}], [])
+    halves = [{"role": "user", "content": "x" * (INLINE_CHARS // 2 + 1)}] * 2
+    assert not _quick_to_tokenize(halves, [])
+    assert not _quick_to_tokenize(short, [{"type": "function", "function": {"name": "f"}}])
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    assert not _quick_to_tokenize(parts, [])
