@@ -424,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                    "its default sampling; chatd: its defaults)",
                    [r for r in doc["rows"] if r["section"] == AS_USERS_RUN])
     _print_section("Extra, same sampling (not how either is run by default): llama-server "
-                   "configured as chatd's engine (unified q8_0 KV, flash attention, "
-                   f"{N_BATCH}-token batches), sampling: {args.llama_server_sampling}",
+                   f"configured as chatd's engine ({layout} {_KV_TYPE_NAMES[KV_CACHE_TYPE]} "
+                   f"KV, flash attention, {N_BATCH}-token batches), sampling: "
+                   f"{args.llama_server_sampling}",
                    [r for r in doc["rows"] if r["section"] == SAME_SAMPLING])
     if any(row[n]["short_requests"] for row in doc["rows"] for n in ("chatd", "llama-server")):
         print("note: some requests ended before max_tokens (a server ignored logit_bias?)")
