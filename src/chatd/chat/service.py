@@ -59,9 +59,9 @@ INLINE_CHARS = 2048  # message text short enough to render and tokenize on the e
 
 def _quick_to_tokenize(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> bool:
     """Whether a conversation renders and tokenizes in well under a millisecond (llama.cpp
-    tokenizes ~0.35 us a character here, the template takes ~30 us): then doing it on
-    the event loop beats the thread hop there and back (~0.8 ms a request on 2 cores,
-    most of what came before a request reached the engine; 16 at once queue behind it).
+    tokenizes ~0.35 us a character here, the template takes ~30 us): then it runs on
+    the event loop, without the hop to a worker thread and back (two thread wake-ups
+    and the GIL passed twice, per request).
     """
     if tools or len(messages) > 64:
         return False

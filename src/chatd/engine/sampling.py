@@ -223,9 +223,9 @@ def sample_plain(samplers: Sequence[Sampler], rows: np.ndarray) -> list[int]:
 
     A step's rows go through each vectorised pass together (one argmax over the
     untransformed greedy rows; one scale, max, exponential and block-sum over the drawn
-    ones, in a scratch matrix),
-    so a step of B sequences pays numpy's per-call cost a dozen times instead of a
-    dozen times B. Each sampler still draws one number from its own generator per token.
+    ones, in a scratch matrix), so a step of B sequences pays numpy's per-call cost a
+    dozen times instead of a dozen times B. Each sampler still draws one number from its
+    own generator per token.
     """
     out = [0] * len(samplers)
     greedy = [i for i, s in enumerate(samplers) if s.greedy and not s._transforms]
@@ -245,7 +245,7 @@ def sample_plain(samplers: Sequence[Sampler], rows: np.ndarray) -> list[int]:
     column = np.array(scales, dtype=np.float32)[:, None]
     x = _scratch_rows(len(drawn), rows.shape[1])
     if len(drawn) == len(samplers):
-        np.multiply(rows, column, out=x)
+        np.multiply(rows[:len(drawn)], column, out=x)
     else:
         np.take(rows, drawn, axis=0, out=x)
         np.multiply(x, column, out=x)
