@@ -15,6 +15,8 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 
+from chatd.engine.pieces import PieceTokenizer, Special
+
 log = logging.getLogger("chatd.llama")
 _llama_log = logging.getLogger("chatd.llama.cpp")
 
@@ -183,6 +185,7 @@ class LlamaModel:
         )
         self.token_bytes = [self._piece(t, special=False) for t in range(self.n_vocab)]
         self.token_display = [self._piece(t, special=True) for t in range(self.n_vocab)]
+        self._pieces = self._piece_tokenizer()
 
     # ---- vocabulary -------------------------------------------------------------
 
@@ -202,9 +205,36 @@ class LlamaModel:
         """The special-aware rendering of one token, for logprobs and diagnostics."""
         return self.token_display[token].decode("utf-8", errors="replace")
 
+    def _piece_tokenizer(self) -> PieceTokenizer | None:
+        """A cache of the tokens between special tokens (chatd.engine.pieces), where
+        llama.cpp tokenizes those pieces independently and the cuts check out."""
+        if (lc.llama_vocab_type(self._vocab) != lc.LLAMA_VOCAB_TYPE_BPE
+                or lc.llama_vocab_get_add_eos(self._vocab)):
+            return None
+        cut_at = (lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+                  | lc.LLAMA_TOKEN_ATTR_UNKNOWN)
+        specials = []
+        for t in range(self.n_vocab):
+            attr = lc.llama_vocab_get_attr(self._vocab, t)
+            text = lc.llama_vocab_get_text(self._vocab, t)
+            if attr & cut_at and text:
+                specials.append(Special(text, t, lstrip=bool(attr & lc.LLAMA_TOKEN_ATTR_LSTRIP),
+                                        rstrip=bool(attr & lc.LLAMA_TOKEN_ATTR_RSTRIP)))
+        pieces = PieceTokenizer(specials, lambda b: self._tokenize(b, False, False))
+        if not specials or not pieces.matches(lambda b: self._tokenize(b, False, True)):
+            log.info("prompt pieces are not cached for this vocabulary")
+            return None
+        return pieces
+
     def tokenize(self, text: str, *, add_special: bool = True,
                  parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
+        if parse_special and self._pieces is not None:
+            tokens = self._pieces.tokenize(data)
+            return [self.bos_id, *tokens] if add_special and self.add_bos else tokens
+        return self._tokenize(data, add_special, parse_special)
+
+    def _tokenize(self, data: bytes, add_special: bool, parse_special: bool) -> list[int]:
         cap = len(data) + 8
         while True:
             arr = (lc.llama_token * cap)()
