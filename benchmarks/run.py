@@ -210,7 +210,9 @@ RSS_PARTS = 4
 def _rss_run(base: str, pid: int, args: argparse.Namespace, ban: list[int]) -> dict[str, Any]:
     """The server's resident memory after a warm-up (a fifth as many requests) and
     after each quarter of `args.rss_requests` requests (a steady climb shows apart
-    from a one-off step)."""
+    from a one-off step); beside it, the event loop's CPU per request over them (HTTP,
+    validation, template, tokenizing and 16 tokens streamed: the front-end's share of
+    a short request, which two cores take from llama.cpp's threads)."""
     def load(requests: int, seed: int) -> LoadResult:
         return run_client(run_load(
             base, args.model_name, RSS_CONCURRENCY,
@@ -220,16 +222,22 @@ def _rss_run(base: str, pid: int, args: argparse.Namespace, ban: list[int]) -> d
     warmup = max(RSS_CONCURRENCY, args.rss_requests // 5)
     load(warmup, seed=1)
     samples, requests, errors = [rss_bytes(pid)], 0, 0
+    loop_before = thread_cpu_s(pid)
     for part in range(RSS_PARTS):
         res = load(args.rss_requests // RSS_PARTS, seed=100_000 * (part + 1))
         requests, errors = requests + len(res.requests), errors + res.errors
         samples.append(rss_bytes(pid))
+    loop_after = thread_cpu_s(pid)
     mib = [round(x / 2**20, 1) if x else None for x in samples]
     growth = (samples[-1] - samples[0]) / samples[0] if samples[0] and samples[-1] else None
+    loop_ms = (round(1000 * (loop_after - loop_before) / requests, 3)
+               if loop_before is not None and loop_after is not None and requests else None)
     row = {"requests": requests, "errors": errors, "concurrency": RSS_CONCURRENCY,
            "max_tokens": RSS_MAX_TOKENS, "warmup_requests": warmup,
-           "rss_mib": mib, "growth": round(growth, 4) if growth is not None else None}
-    print(f"  RSS after warm-up and each quarter: {mib} MiB", flush=True)
+           "rss_mib": mib, "growth": round(growth, 4) if growth is not None else None,
+           "event_loop_ms_per_request": loop_ms}
+    print(f"  RSS after warm-up and each quarter: {mib} MiB; event loop CPU "
+          f"{loop_ms} ms a request", flush=True)
     return row
 
 
@@ -572,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nserver RSS over {rss['requests']} requests (c={rss['concurrency']}, "
                   f"{rss['max_tokens']} tokens each) after a {rss['warmup_requests']}-request "
                   f"warm-up: {rss['rss_mib']} MiB, growth {growth} (target < 5%), "
-                  f"{rss['errors']} errors")
+                  f"{rss['errors']} errors; event loop CPU "
+                  f"{rss.get('event_loop_ms_per_request')} ms a request")
         if rows:
             print()
             again = " (the higher of the runs before and after the load)" \
