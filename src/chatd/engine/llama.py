@@ -111,6 +111,11 @@ class DecodeError(RuntimeError):
 KV_CACHE_TYPE = lc.GGML_TYPE_F16
 INVARIANT_KV_CACHE_TYPE = lc.GGML_TYPE_Q8_0
 
+# Cutting at special tokens scans the text once per special token (as llama.cpp does),
+# and the start-up check builds a probe per special token: vocabularies with thousands
+# of added tokens keep llama.cpp's own path.
+MAX_PIECE_SPECIALS = 512
+
 
 @dataclass(frozen=True)
 class LlamaSettings:
@@ -220,8 +225,10 @@ class LlamaModel:
             if attr & cut_at and text:
                 specials.append(Special(text, t, lstrip=bool(attr & lc.LLAMA_TOKEN_ATTR_LSTRIP),
                                         rstrip=bool(attr & lc.LLAMA_TOKEN_ATTR_RSTRIP)))
+        if not specials or len(specials) > MAX_PIECE_SPECIALS:
+            return None
         pieces = PieceTokenizer(specials, lambda b: self._tokenize(b, False, False))
-        if not specials or not pieces.matches(lambda b: self._tokenize(b, False, True)):
+        if not pieces.matches(lambda b: self._tokenize(b, False, True)):
             log.info("prompt pieces are not cached for this vocabulary")
             return None
         return pieces
