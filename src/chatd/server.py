@@ -33,6 +33,7 @@ from chatd.engine.llama import (
     default_threads,
 )
 from chatd.engine.multimodal import MediaError, Projector
+from chatd.engine.sampling import SAMPLER_VERSION
 from chatd.models.registry import ModelFileError, ModelInfo, load_model_info
 from chatd.store import CompletionStore
 from chatd.webui.routes import install as install_webui
@@ -130,7 +131,7 @@ def build_runtime(settings: Settings) -> Runtime:
         "ctx_size": ctx_size, "kv_cells": kv_cells, "batch_tokens": batch_tokens,
         "kv_cache": settings.kv_cache, "kv_layout": "split" if streams else "unified",
         "mmproj": settings.mmproj.name if settings.mmproj else None,
-        "chatd": __version__, "llama_cpp": llama_cpp.__version__,
+        "chatd": __version__, "llama_cpp": llama_cpp.__version__, "sampler": SAMPLER_VERSION,
     })
     return Runtime(settings, info, model, engine, chat, info.name, ctx_size, fingerprint)
 

@@ -5,20 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chatd.engine import sampling
 from chatd.engine.sampling import Sampler, sample_plain
 from chatd.engine.types import SamplingParams
-
-
-@pytest.fixture(params=["exp", "exp2"])
-def exponential(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both exponentials `sampling._exponential` may pick (by CPU), whichever this one gets."""
-    if request.param == "exp2":
-        monkeypatch.setattr(sampling, "_EXP", np.exp2)
-        monkeypatch.setattr(sampling, "_UNIT", 1.4426950408889634)
-    else:
-        monkeypatch.setattr(sampling, "_EXP", np.exp)
-        monkeypatch.setattr(sampling, "_UNIT", 1.0)
 
 PLAIN_MIXES = [
     SamplingParams(temperature=0.0),
@@ -46,7 +34,6 @@ def _rows(rng: np.random.Generator, b: int, v: int, spread: float) -> np.ndarray
 
 
 @pytest.mark.parametrize("vocab", [49152, 1000, 300])
-@pytest.mark.usefixtures("exponential")
 def test_batched_matches_per_row_for_every_plain_mix(vocab: int) -> None:
     rng = np.random.default_rng(7)
     for step in range(30):
@@ -87,3 +74,28 @@ def test_batched_handles_rows_that_are_not_finite() -> None:
 def test_only_whole_distribution_samplers_are_plain() -> None:
     assert all(Sampler(p, 1000, []).plain for p in PLAIN_MIXES)
     assert not any(Sampler(p, 1000, [1, 2]).plain for p in NOT_PLAIN)
+
+
+def test_sampling_leaves_the_logits_rows_as_llama_cpp_wrote_them() -> None:
+    """Bias, penalties and bans are written into the raw rows and undone: logprobs, a
+    sibling's first token and speculation's later rows read them afterwards."""
+    rng = np.random.default_rng(5)
+    v = 4096
+    rows = _rows(rng, 6, v, 3.0)
+    rows[0, 100] = np.nan
+    before = rows.copy()
+    mixes = [SamplingParams(temperature=0.0, frequency_penalty=0.5, logit_bias={1: -100.0}),
+             SamplingParams(temperature=0.9, presence_penalty=1.0, logit_bias={7: 3.0}),
+             SamplingParams(temperature=0.0, repetition_penalty=1.2),
+             SamplingParams(temperature=1.0, repetition_penalty=1.2, logit_bias={9: -100.0}),
+             SamplingParams(temperature=1.0),
+             SamplingParams(temperature=0.0)]
+    samplers = [Sampler(p, v, [1, 2, 3, 7, 7], seed=i, banned=[0])
+                for i, p in enumerate(mixes)]
+    for s in samplers:
+        s.accept(7)
+    sample_plain(samplers, rows)
+    np.testing.assert_array_equal(rows, before)
+    for i, s in enumerate(samplers):
+        s.sample(rows[i])
+    np.testing.assert_array_equal(rows, before)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chatd.engine import sampling
 from chatd.engine.sampling import Sampler, _draw, _nucleus, log_softmax_at, top_ids
 from chatd.engine.types import SamplingParams
 
@@ -156,18 +155,13 @@ def test_blockwise_draw_is_the_inverse_cdf(n: int) -> None:
         assert got == ref or abs(cdf[got] - cdf[ref]) <= 1e-6 * cdf[-1]
 
 
-@pytest.mark.parametrize("exponential", [(np.exp, 1.0), (np.exp2, 1.4426950408889634)],
-                         ids=["exp", "exp2"])
-def test_sampled_frequencies_match_softmax_of_biased_scaled_logits(
-        exponential: tuple[np.ufunc, float], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sampled_frequencies_match_softmax_of_biased_scaled_logits() -> None:
     """The draw follows softmax((logits + bias - penalties) / T), banned tokens never.
 
-    4,096 tokens take the block-wise path; the likely tokens sit in different blocks
-    and the long tail carries ~15% of the mass, so both levels of the draw count.
-    Both exponentials that `sampling._exponential` may pick by CPU are checked.
+    4,096 tokens take the block-wise path of the compiled kernel (bias and penalties
+    are applied in numpy first); the likely tokens sit in different blocks and the long
+    tail carries ~15% of the mass, so both levels of the draw count.
     """
-    monkeypatch.setattr(sampling, "_EXP", exponential[0])
-    monkeypatch.setattr(sampling, "_UNIT", exponential[1])
     n = 4096
     rng = np.random.default_rng(21)
     r = rng.normal(-4.0, 1.0, n).astype(np.float32)
@@ -198,3 +192,26 @@ def test_sampled_frequencies_match_softmax_of_biased_scaled_logits(
     assert 0.05 < p_tail < 0.5
     sd = np.sqrt(p_tail * (1 - p_tail) / draws)
     assert abs(counts[tail].sum() / draws - p_tail) < 5 * sd
+
+
+@pytest.mark.parametrize("exponential", [(np.exp, 1.0), (np.exp2, 1.4426950408889634)],
+                         ids=["exp", "exp2"])
+def test_truncated_draw_follows_the_renormalised_softmax(
+        exponential: tuple[np.ufunc, float], monkeypatch: pytest.MonkeyPatch) -> None:
+    """top_k's numpy path (not the kernel) keeps the softmax's proportions among the k
+    best, with both exponentials `sampling._exponential` may pick by CPU."""
+    from chatd.engine import sampling
+
+    monkeypatch.setattr(sampling, "_EXP", exponential[0])
+    monkeypatch.setattr(sampling, "_UNIT", exponential[1])
+    n = 2000
+    r = np.random.default_rng(4).normal(0.0, 1.0, n).astype(np.float32)
+    r[[5, 900, 1999]] = [6.0, 5.6, 5.2]
+    s = Sampler(SamplingParams(temperature=0.8, top_k=3), n, [], seed=9)
+    p = np.exp(np.array([6.0, 5.6, 5.2]) / 0.8)
+    p /= p.sum()
+    draws = 20_000
+    counts = np.bincount([s.sample(r) for _ in range(draws)], minlength=n)
+    assert counts.sum() == counts[[5, 900, 1999]].sum()
+    for c, q in zip(counts[[5, 900, 1999]], p, strict=True):
+        assert abs(c / draws - q) < 5 * np.sqrt(q * (1 - q) / draws)

@@ -1,9 +1,11 @@
-"""Turning one logits row into one token, per sequence, with numpy over the row.
+"""Turning one logits row into one token, per sequence.
 
-Each step does a handful of vectorised passes over the vocabulary (no Python loop
-over it). Penalties touch only the tokens seen so far. Every sequence owns a
-seeded generator and draws exactly one number per token, so a fixed seed gives
-the same tokens whatever else is in the batch (llama.cpp's CPU logits are
+A draw from the whole distribution (any temperature, with or without bias and
+penalties) is one call of the compiled kernel `_draw.c`; truncated ones (top_k,
+top_p, min_p) and greedy rows take a few vectorised numpy passes. No Python loop runs
+over the vocabulary. Penalties touch only the tokens seen so far. Every sequence owns
+a seeded generator and draws exactly one number per token, so a fixed seed gives the
+same tokens whatever else is in the batch (llama.cpp's CPU logits are
 batch-invariant).
 """
 
@@ -15,6 +17,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from chatd.engine._draw import VERSION as SAMPLER_VERSION  # noqa: F401 (fingerprint)
+from chatd.engine._draw import draw as _kernel_draw
 from chatd.engine.types import SamplingParams
 
 _NEG_INF = np.float32(-np.inf)
@@ -57,15 +61,6 @@ def _scratch_row(n_vocab: int) -> np.ndarray:
     if row is None or row.shape[0] != n_vocab:
         row = _thread.row = np.empty(n_vocab, dtype=np.float32)
     return row
-
-
-def _scratch_rows(n_rows: int, n_vocab: int) -> np.ndarray:
-    """`_scratch_row` for a whole step's drawn rows ([n_rows, n_vocab], one per thread):
-    two fresh [B, vocab] temporaries a step cost a T=1 token ~90 us at B=1 here."""
-    rows = getattr(_thread, "rows", None)
-    if rows is None or rows.shape[1] != n_vocab or rows.shape[0] < n_rows:
-        rows = _thread.rows = np.empty((max(n_rows, 16), n_vocab), dtype=np.float32)
-    return rows[:n_rows]
 
 
 def log_softmax_at(row: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -117,8 +112,14 @@ class Sampler:
         )
         # Rows drawn from the whole distribution, or argmax, are sampled a whole step
         # at a time by `sample_plain` (when no grammar masks them).
-        self.plain = self.greedy or (
-            not 0 < params.top_k < n_vocab and params.top_p >= 1.0 and params.min_p <= 0.0)
+        self.whole = (not 0 < params.top_k < n_vocab and params.top_p >= 1.0
+                      and params.min_p <= 0.0)
+        self.plain = self.greedy or self.whole
+        # Without "only these tokens", `transform` writes a few entries of the row: it
+        # can edit the raw logits row in place and restore it (see `_edit`), instead of
+        # copying 49k floats to a scratch row for each token.
+        self._sparse = self._only is None
+        self._fixed_ids = np.concatenate([self._bias_ids, self._banned])
 
     @property
     def rng(self) -> np.random.Generator:
@@ -133,6 +134,31 @@ class Sampler:
         self._counts[token] = self._counts.get(token, 0) + 1
         if self.params.repetition_penalty != 1.0:
             self._seen.add(token)
+
+    def _touched(self) -> np.ndarray:
+        """The ids `transform` writes (repeats allowed) when the row has no `_only`."""
+        p = self.params
+        parts = [self._fixed_ids]
+        if self._counts and (p.presence_penalty or p.frequency_penalty):
+            parts.append(np.fromiter(self._counts.keys(), dtype=np.int64,
+                                     count=len(self._counts)))
+        if self._seen:
+            parts.append(np.fromiter(self._seen, dtype=np.int64, count=len(self._seen)))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _edit(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the (sparse) transforms to `row` in place, in raw logit units; returns
+        what `_restore` needs to put the row back as llama.cpp wrote it (logprobs, a
+        sibling's first token and every later reader see the raw row)."""
+        ids = self._touched()
+        saved = row[ids]
+        self.transform(row)
+        return ids, saved
+
+    @staticmethod
+    def _restore(row: np.ndarray, edit: tuple[np.ndarray, np.ndarray]) -> None:
+        ids, saved = edit
+        row[ids] = saved  # (a repeated id gets its one saved value each time)
 
     def adjusted(self, row: np.ndarray, mask: np.ndarray | None = None,
                  scale: float = 1.0) -> np.ndarray:
@@ -183,14 +209,24 @@ class Sampler:
         """Pick the next token from a raw logits row.
 
         Runs right after a decode has streamed the weights through the caches, so the
-        passes over the row are the cost: one pass copies and scales it, then max,
-        subtract, exponential and block sums, all in one scratch row (see _draw).
+        passes over the row are the cost: the whole distribution is drawn by the
+        compiled kernel (`_draw.c`: a max pass and one fused exp-and-sum pass), reading
+        the raw row itself when nothing transforms it. Truncated distributions (top_k,
+        top_p, min_p) take numpy passes in a scratch row.
         """
         if self.greedy:
+            if mask is None and self._transforms and self._sparse:
+                edit = self._edit(row)
+                try:
+                    return _best_finite(row)
+                finally:
+                    self._restore(row, edit)
             x = self.adjusted(row, mask)
             if mask is not None and x.max() == _NEG_INF:
                 x = np.where(mask, _NEG_INF, row)  # see below: the grammar wins
             return _best_finite(x)
+        if self.whole:
+            return self._draw_whole(row, mask)
         p = self.params
         scale = _UNIT / p.temperature
         x = self.adjusted(row, mask, scale)
@@ -224,60 +260,64 @@ class Sampler:
         i = _draw(probs, u)
         return int(cand[i]) if cand is not None else i
 
+    def _draw_whole(self, row: np.ndarray, mask: np.ndarray | None) -> int:
+        """A token from softmax((logits + bias - penalties) / T) over the whole
+        vocabulary: the compiled kernel reads the raw row and applies the temperature
+        itself. Sparse transforms are written into the row and undone afterwards; a mask
+        or "only these tokens" takes a scratch copy instead."""
+        scale = 1.0 / self.params.temperature
+        u = self.rng.random()  # exactly one draw per token keeps seeded runs aligned
+        if mask is None and (not self._transforms or self._sparse):
+            edit = self._edit(row) if self._transforms else None
+            try:
+                i = _kernel_draw(row, scale, u)
+                # -1: extreme penalties or biases overflowed the row; its best finite
+                # token instead of sampling from NaNs.
+                return i if i >= 0 else _best_finite(row)
+            finally:
+                if edit is not None:
+                    self._restore(row, edit)
+        x = self.adjusted(row, mask)
+        if mask is not None and _peak(x) == _NEG_INF:
+            # logit_bias banned every token the grammar allows: the grammar wins.
+            x = np.where(mask, _NEG_INF, row)
+        i = _kernel_draw(x, scale, u)
+        return i if i >= 0 else _best_finite(x)
+
 
 def sample_plain(samplers: Sequence[Sampler], rows: np.ndarray) -> list[int]:
     """One token for each plain sampler (`Sampler.plain`, no grammar mask), `rows[i]`
     being the logits row of `samplers[i]`: the tokens `Sampler.sample` picks row by row.
 
-    A step's rows go through each vectorised pass together (one argmax over the
-    untransformed greedy rows; one scale, max, exponential and block-sum over the drawn
-    ones, in a scratch matrix), so a step of B sequences pays numpy's per-call cost a
-    dozen times instead of a dozen times B. Each sampler still draws one number from its
-    own generator per token.
+    The greedy rows are one argmax over the step's [B, vocab] view (sparse transforms
+    written into their rows first, and undone after); the drawn rows go to the compiled
+    kernel one by one, which reads each raw row in place. Each sampler still draws one
+    number from its own generator per token.
     """
     out = [0] * len(samplers)
-    greedy = [i for i, s in enumerate(samplers) if s.greedy and not s._transforms]
-    drawn = [i for i, s in enumerate(samplers) if not s.greedy]
+    greedy: list[int] = []
     for i, s in enumerate(samplers):
-        if s.greedy and s._transforms:
+        if not s.greedy:
+            out[i] = s._draw_whole(rows[i], None)
+        elif s._transforms and not s._sparse:
             out[i] = s.sample(rows[i])
-    if greedy:
+        else:
+            greedy.append(i)
+    if not greedy:
+        return out
+    edits = []
+    try:
+        for i in greedy:
+            if samplers[i]._transforms:
+                edits.append((i, samplers[i]._edit(rows[i])))
         sub = rows if len(greedy) == len(samplers) else rows[greedy]
         best = np.argmax(sub, axis=1)
         finite = np.isfinite(sub[np.arange(len(greedy)), best])
         for j, i in enumerate(greedy):
             out[i] = int(best[j]) if finite[j] else _best_finite(sub[j])
-    if not drawn:
-        return out
-    scales = [_UNIT / samplers[i].params.temperature for i in drawn]
-    column = np.array(scales, dtype=np.float32)[:, None]
-    x = _scratch_rows(len(drawn), rows.shape[1])
-    if len(drawn) == len(samplers):
-        np.multiply(rows[:len(drawn)], column, out=x)
-    else:
-        np.take(rows, drawn, axis=0, out=x)
-        np.multiply(x, column, out=x)
-    for j, i in enumerate(drawn):
-        samplers[i].transform(x[j], scales[j])
-    peaks = _peak(x, axis=1)
-    us = [samplers[i].rng.random() for i in drawn]  # one draw per token, as in sample()
-    finite = np.isfinite(peaks)
-    for j in np.flatnonzero(~finite):  # overflowed rows: their best finite token
-        out[drawn[j]] = _best_finite(x[j])
-    with np.errstate(invalid="ignore"):  # (those rows turn to NaN here, unused)
-        np.subtract(x, peaks[:, None], out=x)
-        _EXP(x, out=x)
-    n = x.shape[1]
-    if n % _BLOCK == 0 and n > 4 * _BLOCK:
-        blocks = x.reshape(len(drawn), n // _BLOCK, _BLOCK)
-        sums = _accumulate(_reduce(blocks, axis=2), axis=1, dtype=np.float64)
-        for j, i in enumerate(drawn):
-            if finite[j]:
-                out[i] = _draw_blocks(blocks[j], sums[j], us[j])
-    else:
-        for j, i in enumerate(drawn):
-            if finite[j]:
-                out[i] = _draw(x[j], us[j])
+    finally:
+        for i, edit in edits:
+            Sampler._restore(rows[i], edit)
     return out
 
 
