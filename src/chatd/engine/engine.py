@@ -25,7 +25,7 @@ from chatd.engine.llama import DecodeError, LlamaModel
 from chatd.engine.multimodal import MediaEncoder, MediaSpan, Projector
 from chatd.engine.sampling import Sampler, log_softmax_at, sample_plain, top_ids
 from chatd.engine.scheduler import MediaPiece, Scheduler, StepPlan
-from chatd.engine.sequence import Group, Sequence, Status
+from chatd.engine.sequence import Group, Sequence, Status, deliver
 from chatd.engine.speculate import (
     EXPLORE_DRAFT,
     EXPLORE_RATE,
@@ -279,8 +279,7 @@ class Engine:
             self.steps += 1
             sched.commit(plan)
             self._sample(plan, decoded)
-            for group in {seq.group for seq, _ in plan.advanced}:
-                group.flush()
+            deliver({seq.group for seq, _ in plan.advanced})
             self.decode_seconds += decoded - started
             self.host_seconds += time.perf_counter() - decoded
         # Shutting down: nobody may wait forever on a stream.
