@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from chatd.engine._draw import draw
+from chatd.engine._draw import draw, logsumexp
 
 
 def _softmax64(row: np.ndarray, scale: float) -> np.ndarray:
@@ -103,3 +103,19 @@ def test_reads_llama_cpp_rows_in_place() -> None:
     assert draw(row, 1.0, 0.5) == 77
     with pytest.raises(ValueError):
         draw(row.astype(">f4"), 1.0, 0.5)
+
+
+@pytest.mark.parametrize("n", [1, 7, 300, 49152])
+def test_logsumexp_matches_float64(n: int) -> None:
+    row = (np.random.default_rng(n).standard_normal(n) * 5).astype(np.float32)
+    x = row.astype(np.float64)
+    assert logsumexp(row) == pytest.approx(x.max() + np.log(np.exp(x - x.max()).sum()),
+                                           abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_logsumexp_is_nan_for_rows_it_cannot_sum(bad: float) -> None:
+    row = np.zeros(600, dtype=np.float32)
+    row[3] = bad
+    assert np.isnan(logsumexp(row))
+    assert np.isnan(logsumexp(np.full(10, -np.inf, dtype=np.float32)))

@@ -161,8 +161,34 @@ static PyObject *draw(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return PyLong_FromSsize_t(i);
 }
 
+PyDoc_STRVAR(logsumexp_doc,
+"logsumexp(row) -> float\n\n"
+"log(sum(exp(row))) of a contiguous float32 row, for logprobs: the same two passes as\n"
+"draw, the block totals summed in float64. NaN when the row has no finite maximum or\n"
+"holds a NaN (the caller computes those rows the slow way).");
+
+static PyObject *logsumexp(PyObject *self, PyObject *row) {
+    (void)self;
+    Py_buffer view;
+    if (get_row(row, &view) < 0) return NULL;
+    const float *x = (const float *)view.buf;
+    Py_ssize_t n = view.len / 4;
+    float peak = row_max(x, n);
+    double total = 0.0;
+    if (isfinite(peak)) {
+        for (Py_ssize_t b = 0; b * BLOCK < n; b++) {
+            Py_ssize_t len = (b + 1) * BLOCK <= n ? BLOCK : n - b * BLOCK;
+            total += block_weight(x + b * BLOCK, len, 1.0f, peak);
+        }
+    }
+    PyBuffer_Release(&view);
+    if (!isfinite(peak) || !(total > 0.0) || !isfinite(total)) return PyFloat_FromDouble(NAN);
+    return PyFloat_FromDouble((double)peak + log(total));
+}
+
 static PyMethodDef methods[] = {
     {"draw", (PyCFunction)(void (*)(void))draw, METH_FASTCALL, draw_doc},
+    {"logsumexp", logsumexp, METH_O, logsumexp_doc},
     {NULL, NULL, 0, NULL},
 };
 

