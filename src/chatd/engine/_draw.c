@@ -34,8 +34,9 @@
  * banned tokens (-inf) and ones ~38 orders of magnitude down weigh nothing. NaN stays
  * NaN, which the caller sees in the total. Branch-free, so loops over it vectorise. */
 static inline float exp_nonpositive(float x) {
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x/ln2) */
-    float r = x - n * 0.693359375f;
+    float xc = x > -87.0f ? x : -87.0f; /* -inf and NaN too: no float-to-int overflow */
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(xc/ln2) */
+    float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -44,10 +45,11 @@ static inline float exp_nonpositive(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23; /* 2^n; n >= -126 wherever it is used */
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* 2^n, n in [-126, 0] */
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n);
     float v = p * two_n;
+    v = x != x ? x : v;
     return x < -87.0f ? 0.0f : v;
 }
 
