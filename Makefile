@@ -49,4 +49,4 @@ versus: install-test
 	$(PY) -m benchmarks.versus --llama-server "$(LLAMA_SERVER)" $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache src/chatd/engine/*.so
