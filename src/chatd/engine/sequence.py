@@ -90,7 +90,7 @@ def deliver(groups: Iterable[Group]) -> None:
     """Hand the due events of these groups to their event loops, in one thread-safe
     call per loop: a step wakes the event loop once, not once per request. On two cores
     each wake-up can preempt the engine thread until the loop has written that request's
-    chunk, so per-request calls made a 16-request step wait for up to 16 of them.
+    chunk, so per-request calls could make a 16-request step wait for up to 16 of them.
     """
     batches: dict[asyncio.AbstractEventLoop, list[tuple[Group, list[TokenEvent]]]] = {}
     for group in groups:
