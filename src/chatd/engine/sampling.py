@@ -115,8 +115,8 @@ class Sampler:
             or params.presence_penalty or params.frequency_penalty
             or params.repetition_penalty != 1.0
         )
-        # Rows drawn from the whole distribution, or argmax, are sampled a whole step
-        # at a time by `sample_plain` (when no grammar masks them).
+        # Rows drawn from the whole distribution (by the kernel), or argmax, are sampled
+        # by `sample_plain` for the whole step when no grammar masks them.
         self.whole = (not 0 < params.top_k < n_vocab and params.top_p >= 1.0
                       and params.min_p <= 0.0)
         self.plain = self.greedy or self.whole
@@ -168,8 +168,9 @@ class Sampler:
     def adjusted(self, row: np.ndarray, mask: np.ndarray | None = None,
                  scale: float = 1.0) -> np.ndarray:
         """Logits after bias, penalties and an optional disallow-mask (True = banned),
-        multiplied by `scale`. Sampling passes log2(e)/temperature, so the row is scaled
-        in the same pass that copies it; every transform commutes with a positive scale.
+        multiplied by `scale`. Truncated sampling passes `_UNIT`/temperature, so the row is
+        scaled in the same pass that copies it; every transform commutes with a positive
+        scale. (The whole-distribution kernel takes the temperature itself.)
 
         Returns `row` itself when nothing applies, else this thread's scratch row
         (overwritten by the next call of any sampler on the thread).
