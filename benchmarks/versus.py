@@ -279,6 +279,11 @@ def _measure(urls: dict[str, str], model: str, row: Row, args: argparse.Namespac
 # ---- output -------------------------------------------------------------------------------
 
 _FIGURE_NAMES = {"ratio": "tok/s", "ttft_p50_ratio": "TTFT p50", "ttft_p90_ratio": "TTFT p90"}
+# Where each figure's per-round ratios are: the table shows their range beside the mean,
+# and how many rounds alone would meet a target, since one round's ratio moves by up to
+# ~0.2 on a shared machine.
+_ROUND_KEYS = {"ratio": "round_ratios", "ttft_p50_ratio": "ttft_p50_round_ratios",
+               "ttft_p90_ratio": "ttft_p90_round_ratios"}
 
 
 def _format(rows: list[dict[str, Any]]) -> str:
@@ -287,14 +292,29 @@ def _format(rows: list[dict[str, Any]]) -> str:
 
     def ttft(row: dict[str, Any], q: int) -> str:
         a, b = row["chatd"][f"ttft_p{q}_s"], row["llama-server"][f"ttft_p{q}_s"]
-        return f"{ms(a)} / {ms(b)} ({row.get(f'ttft_p{q}_ratio') or '-'})"
+        return f"{ms(a)} / {ms(b)}: {spread(row, f'ttft_p{q}_ratio')}"
 
     def targets(row: dict[str, Any]) -> str:
         return ", ".join(f"{_FIGURE_NAMES[t['figure']]} {t['op']} {t['bound']}: "
-                         f"{'met' if t['met'] else 'NOT met'}" for t in row.get("targets", []))
+                         f"{'met' if t['met'] else 'NOT met'}{rounds_met(row, t)}"
+                         for t in row.get("targets", []))
+
+    def rounds_met(row: dict[str, Any], target: dict[str, Any]) -> str:
+        per_round = row.get(_ROUND_KEYS[target["figure"]]) or []
+        if len(per_round) < 2:
+            return ""
+        met = sum(_OPS[target["op"]](r, target["bound"]) for r in per_round)
+        return f" (by {met} of {len(per_round)} rounds)"
+
+    def spread(row: dict[str, Any], figure: str) -> str:
+        per_round = row.get(_ROUND_KEYS[figure]) or []
+        value = row.get(figure) or "-"
+        if len(per_round) < 2:
+            return f"{value}"
+        return f"{value} ({min(per_round):.2f}-{max(per_round):.2f})"
 
     lines = ["| row | conc | mode | chatd tok/s | llama-server tok/s | chatd / llama-server "
-             "| TTFT p50 ms chatd / l-s (ratio) | TTFT p90 ms chatd / l-s (ratio) "
+             "| TTFT p50 ms chatd / l-s: ratio | TTFT p90 ms chatd / l-s: ratio "
              "| ITL p50 ms (chatd / l-s) | errors | targets |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -302,7 +322,8 @@ def _format(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row.get('row', '')} | {row['concurrency']} "
             f"| {'stream' if row['stream'] else 'json'} "
-            f"| {a['mean_tokens_per_s']:.1f} | {b['mean_tokens_per_s']:.1f} | {row['ratio']} "
+            f"| {a['mean_tokens_per_s']:.1f} | {b['mean_tokens_per_s']:.1f} "
+            f"| {spread(row, 'ratio')} "
             f"| {ttft(row, 50)} | {ttft(row, 90)} "
             f"| {ms(a['itl_p50_s'])} / {ms(b['itl_p50_s'])} "
             f"| {a['errors']} / {b['errors']} | {targets(row)} |")
@@ -419,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{kv_cells} cells, {layout} layout), {args.max_tokens} tokens per request "
           "unless the row says; "
           f"ratio = geometric mean over {args.rounds} alternating rounds of chatd / "
-          "llama-server (TTFT: lower is better)")
+          "llama-server, the lowest and highest round in brackets (TTFT: lower is better)")
     _print_section("Each server as its users run it (llama-server: -m -t -c -np only, "
                    "its default sampling; chatd: its defaults)",
                    [r for r in doc["rows"] if r["section"] == AS_USERS_RUN])

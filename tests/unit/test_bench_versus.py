@@ -105,8 +105,23 @@ def test_table_shows_both_servers_the_ratios_and_targets() -> None:
            "ratio": 0.962, "ttft_p50_ratio": 1.0, "ttft_p90_ratio": 0.8,
            "targets": check_targets({"ratio": 0.962}, (("ratio", ">=", 1.05),))}
     line = _format([row]).splitlines()[-1]
-    assert line == ("| greedy | 16 | stream | 100.0 | 104.0 | 0.962 | 15 / 15 (1.0) "
-                    "| 20 / 25 (0.8) | 10 / 10 | 0 / 0 | tok/s >= 1.05: NOT met |")
+    assert line == ("| greedy | 16 | stream | 100.0 | 104.0 | 0.962 | 15 / 15: 1.0 "
+                    "| 20 / 25: 0.8 | 10 / 10 | 0 / 0 | tok/s >= 1.05: NOT met |")
+
+
+def test_table_shows_the_round_range_and_rounds_meeting_each_target() -> None:
+    side = {"mean_tokens_per_s": 100.0, "ttft_p50_s": 0.015, "ttft_p90_s": 0.02,
+            "itl_p50_s": 0.0095, "errors": 0}
+    row = {"row": "greedy", "concurrency": 16, "stream": True, "chatd": side,
+           "llama-server": side, "ratio": 1.04, "round_ratios": [0.97, 1.06, 1.09],
+           "ttft_p50_ratio": 1.0, "ttft_p50_round_ratios": [0.9, 1.1],
+           "ttft_p90_ratio": 0.95, "ttft_p90_round_ratios": [0.95],
+           "targets": check_targets({"ratio": 1.04}, (("ratio", ">=", 1.05),))}
+    line = _format([row]).splitlines()[-1]
+    assert "| 1.04 (0.97-1.09) |" in line
+    assert "| 15 / 15: 1.0 (0.90-1.10) |" in line
+    assert "| 20 / 20: 0.95 |" in line  # one round: no range
+    assert line.endswith("| tok/s >= 1.05: NOT met (by 2 of 3 rounds) |")
 
 
 def test_speculation_from_health_counters() -> None:
