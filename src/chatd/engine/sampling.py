@@ -107,6 +107,8 @@ class Sampler:
             self._only[forced] = False  # True = masked out
 
         self._counts: dict[int, int] = {}
+        self._penalty_cache: tuple[np.ndarray | None, np.ndarray | None,
+                                   np.ndarray | None] | None = None
         # (negative ids stand for image/audio rows: no token to penalise)
         self._seen: set[int] = ({t for t in prompt_tokens if t >= 0}
                                 if params.repetition_penalty != 1.0 else set())
@@ -139,16 +141,29 @@ class Sampler:
         self._counts[token] = self._counts.get(token, 0) + 1
         if self.params.repetition_penalty != 1.0:
             self._seen.add(token)
+        self._penalty_cache = None
+
+    def _penalty_arrays(self) -> tuple[np.ndarray | None, np.ndarray | None,
+                                       np.ndarray | None]:
+        """(ids, counts) for presence/frequency penalties and the ids for the repetition
+        penalty, or None where that penalty is off; built once per token, since both
+        `_touched` and `transform` read them."""
+        if self._penalty_cache is None:
+            p = self.params
+            ids = cnt = seen = None
+            if self._counts and (p.presence_penalty or p.frequency_penalty):
+                ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+                cnt = np.fromiter(self._counts.values(), dtype=np.float32,
+                                  count=len(self._counts))
+            if self._seen:
+                seen = np.fromiter(self._seen, dtype=np.int64, count=len(self._seen))
+            self._penalty_cache = (ids, cnt, seen)
+        return self._penalty_cache
 
     def _touched(self) -> np.ndarray:
         """The ids `transform` writes (repeats allowed) when the row has no `_only`."""
-        p = self.params
-        parts = [self._fixed_ids]
-        if self._counts and (p.presence_penalty or p.frequency_penalty):
-            parts.append(np.fromiter(self._counts.keys(), dtype=np.int64,
-                                     count=len(self._counts)))
-        if self._seen:
-            parts.append(np.fromiter(self._seen, dtype=np.int64, count=len(self._seen)))
+        ids, _, seen = self._penalty_arrays()
+        parts = [a for a in (self._fixed_ids, ids, seen) if a is not None]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _edit(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,16 +211,14 @@ class Sampler:
         k = np.float32(scale)
         if len(self._bias_ids):
             x[self._bias_ids] += self._bias_vals * k
-        if self._counts and (p.presence_penalty or p.frequency_penalty):
-            ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
-            cnt = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+        ids, cnt, seen = self._penalty_arrays()
+        if ids is not None and cnt is not None:
             x[ids] -= (cnt * np.float32(p.frequency_penalty) + np.float32(p.presence_penalty)) * k
-        if self._seen:
-            ids = np.fromiter(self._seen, dtype=np.int64, count=len(self._seen))
-            v = x[ids]
+        if seen is not None:
+            v = x[seen]
             rp = np.float32(p.repetition_penalty)
             with np.errstate(over="ignore"):  # overflow to inf is handled in sample()
-                x[ids] = np.where(v > 0, v / rp, v * rp)
+                x[seen] = np.where(v > 0, v / rp, v * rp)
         if len(self._banned):
             x[self._banned] = _NEG_INF
         if self._only is not None:
