@@ -40,6 +40,15 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="prompt tokens processed per step while other sequences decode")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     add_kv_cache_arguments(p)
+    p.add_argument("--weights", choices=["stored", "q8_0"], default="stored",
+                   help="stored (default): the weights as the model file has them. q8_0: "
+                        "re-encode them once as Q8_0 (cached in --weights-cache): on CPUs "
+                        "where llama.cpp has no batched kernel for the file's type (Q4_1 "
+                        "on AVX2) prompts and many sequences run much faster, at the cost "
+                        "of a second rounding of the weights and ~1.5x their memory")
+    p.add_argument("--weights-cache", type=Path, default=None, metavar="DIR",
+                   help="where --weights q8_0 keeps re-encoded files (default: "
+                        "$XDG_CACHE_HOME/chatd/weights, else ~/.cache/chatd/weights)")
     p.add_argument("--speculate", choices=["ngram", "always", "off"], default="ngram",
                    help="ngram (default): while few sequences decode, guess the next tokens "
                         "from earlier text (prompt lookup) and check them in the same step, "
@@ -213,7 +222,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
         threads=args.threads, kv_cache=kv_cache_from_args(args), kv_layout=args.kv_layout,
-        speculate=args.speculate,
+        speculate=args.speculate, weights=args.weights, weights_cache=args.weights_cache,
         mmproj=args.mmproj, media_fetch=args.media_fetch,
         media_max_bytes=args.media_max_bytes, media_timeout=args.media_timeout,
         max_n=args.max_n,

@@ -29,6 +29,9 @@ class Settings:
     kv_cache: str = "f16"              # "f16": fastest; "q8_0": batch-invariant (--deterministic)
     kv_layout: str = "auto"            # "unified": one shared pool; "split": a stream per
                                        # sequence; "auto": split when kv_cells allow it
+    weights: str = "stored"            # "stored": as the file has them; "q8_0": re-encoded
+                                       # once (models/requantize.py), cached in weights_cache
+    weights_cache: Path | None = None  # None: $XDG_CACHE_HOME/chatd/weights
     speculate: str = "ngram"           # prompt-lookup drafts: "ngram" (when they pay),
                                        # "always", "off"
     max_n: int = 8                     # largest `n` one request may ask for

@@ -31,10 +31,12 @@ from chatd.engine.llama import (
     LlamaModel,
     LlamaSettings,
     default_threads,
+    init_backend,
 )
 from chatd.engine.multimodal import MediaError, Projector
 from chatd.engine.sampling import SAMPLER_VERSION
 from chatd.models.registry import ModelFileError, ModelInfo, load_model_info
+from chatd.models.requantize import served_weights
 from chatd.store import CompletionStore
 from chatd.webui.routes import install as install_webui
 
@@ -59,6 +61,7 @@ class Runtime:
     model_name: str
     ctx_size: int
     fingerprint: str
+    weights: str = "unknown"  # what /health says of the weights served
     store: CompletionStore | None = None  # opened and closed by the app's lifespan
 
     @property
@@ -106,7 +109,14 @@ def build_runtime(settings: Settings) -> Runtime:
         n_slots, stream_cells = streams
         llama = replace(llama, kv_cells=n_slots * stream_cells, n_seq_max=n_slots,
                         kv_unified=False)
-    model = LlamaModel(info.path, llama)
+    init_backend()  # llama.cpp's quantizer logs through chatd's logging, as loading does
+    try:
+        weights_path, weights = served_weights(info, settings.weights,
+                                               cache_dir=settings.weights_cache,
+                                               threads=settings.threads or default_threads())
+    except ModelFileError as exc:
+        raise ConfigError(str(exc)) from exc
+    model = LlamaModel(weights_path, llama)
     projector = _load_projector(settings, model)
     engine = Engine(model, EngineConfig(
         max_running=settings.max_sequences, n_slots=n_slots, ctx_size=ctx_size,
@@ -130,10 +140,12 @@ def build_runtime(settings: Settings) -> Runtime:
     fingerprint = info.fingerprint({
         "ctx_size": ctx_size, "kv_cells": kv_cells, "batch_tokens": batch_tokens,
         "kv_cache": settings.kv_cache, "kv_layout": "split" if streams else "unified",
+        "weights": settings.weights,
         "mmproj": settings.mmproj.name if settings.mmproj else None,
         "chatd": __version__, "llama_cpp": llama_cpp.__version__, "sampler": SAMPLER_VERSION,
     })
-    return Runtime(settings, info, model, engine, chat, info.name, ctx_size, fingerprint)
+    return Runtime(settings, info, model, engine, chat, info.name, ctx_size, fingerprint,
+                   weights)
 
 
 def kv_streams(settings: Settings, ctx_size: int, kv_cells: int,
@@ -196,9 +208,9 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             rt = self.runtime
-            log.info("chatd ready at http://%s:%d/v1 serving %s (%s, context %d tokens, "
-                     "%d sequences per step)", rt.settings.host, rt.settings.port,
-                     rt.model_name, rt.info.path.name, rt.ctx_size,
+            log.info("chatd ready at http://%s:%d/v1 serving %s (%s, weights %s, context %d "
+                     "tokens, %d sequences per step)", rt.settings.host, rt.settings.port,
+                     rt.model_name, rt.info.path.name, rt.weights, rt.ctx_size,
                      rt.settings.max_sequences)
             if rt.settings.webui:
                 log.info("chat page at http://%s:%d/", rt.settings.host, rt.settings.port)

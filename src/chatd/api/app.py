@@ -107,6 +107,7 @@ def create_app(runtime: Backend) -> FastAPI:
         kv_cache=settings.kv_cache,
         deterministic=settings.deterministic,
         kv_layout=getattr(runtime, "kv_layout", "unified"),
+        weights=getattr(runtime, "weights", "unknown"),
         peers=getattr(runtime, "peers", None),
     )
     install_error_handlers(app)

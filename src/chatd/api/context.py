@@ -29,6 +29,7 @@ class ServerContext:
     kv_cache: str = "f16"
     deterministic: bool = False  # batch-invariant mode (--deterministic)
     kv_layout: str = "unified"   # or "split": one KV stream per sequence
+    weights: str = "unknown"     # the weights' type as served (--weights)
     peers: Peers | None = None   # the other replicas, when this is one of several
 
 

@@ -22,7 +22,8 @@ router = APIRouter()
 def health_body(ctx: ServerContext) -> dict[str, Any]:
     """This server's (or replica's) own health, as one process reports it."""
     return {"status": "ok", "model": ctx.model_name, "kv_cache": ctx.kv_cache,
-            "kv_layout": ctx.kv_layout, "deterministic": ctx.deterministic, **ctx.stats()}
+            "kv_layout": ctx.kv_layout, "deterministic": ctx.deterministic,
+            "weights": ctx.weights, **ctx.stats()}
 
 
 @router.get("/health")

@@ -1,0 +1,106 @@
+"""`--weights q8_0`: the bundled Q4_1 file served re-encoded as Q8_0, on a real server.
+
+The re-encoding is llama.cpp's own quantizer, run once into a cache directory; what
+matters to a client is that everything keeps working on the re-encoded weights and that
+a later start reuses the file instead of writing it again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from chatd.models.registry import load_model_info
+from chatd.models.requantize import Q8_0_FILE_TYPE
+from tests.e2e.conftest import ServerProcess, concurrent_stops_limits_and_schemas, running_server
+
+pytestmark = pytest.mark.timeout(300)
+
+ARGS = ["--max-sequences", "4", "--ctx-size", "2048"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("weights-cache")
+
+
+@pytest.fixture(scope="module")
+def q8_server(cache_dir: Path) -> Iterator[ServerProcess]:
+    with running_server([*ARGS, "--weights", "q8_0", "--weights-cache", str(cache_dir)]) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def q8(q8_server: ServerProcess) -> Iterator[openai.OpenAI]:
+    c = openai.OpenAI(base_url=q8_server.url + "/v1", api_key="unused", max_retries=0,
+                      timeout=120.0)
+    yield c
+    c.close()
+
+
+def test_health_says_which_weights_are_served(q8_server: ServerProcess,
+                                              server_url: str) -> None:
+    assert httpx.get(q8_server.url + "/health").json()["weights"] == \
+        "Q8_0 (re-encoded from Q4_1)"
+    assert httpx.get(server_url + "/health").json()["weights"] == "Q4_1"
+
+
+def test_the_cache_holds_one_complete_q8_0_file(q8_server: ServerProcess,
+                                                cache_dir: Path) -> None:
+    files = sorted(p.name for p in cache_dir.iterdir())
+    assert len(files) == 1 and files[0].endswith(".q8_0.gguf"), files  # no .partial left
+    info = load_model_info(cache_dir / files[0])
+    assert info.metadata["general.file_type"] == Q8_0_FILE_TYPE
+    assert info.chat_template  # the template and tokenizer travel with the weights
+
+
+def test_fingerprint_differs_from_the_stored_weights(q8: openai.OpenAI, model_id: str,
+                                                     client: openai.OpenAI) -> None:
+    ask = {"model": model_id, "max_tokens": 1,
+           "messages": [{"role": "user", "content": "Hi"}]}
+    assert q8.chat.completions.create(**ask).system_fingerprint != \
+        client.chat.completions.create(**ask).system_fingerprint
+
+
+def test_limits_stops_and_schemas_hold_on_reencoded_weights(q8_server: ServerProcess,
+                                                             model_id: str) -> None:
+    concurrent_stops_limits_and_schemas(q8_server.url, model_id, streams=6, structured=2)
+
+
+def test_a_seed_gives_the_same_text_and_the_limit_holds(q8: openai.OpenAI,
+                                                        model_id: str) -> None:
+    ask = {"model": model_id, "max_tokens": 20, "temperature": 1.0, "seed": 11,
+           "logit_bias": {"2": -100}, "messages": [{"role": "user", "content": "Tell a joke."}]}
+    first, second = (q8.chat.completions.create(**ask) for _ in range(2))
+    assert first.choices[0].message.content == second.choices[0].message.content
+    assert first.choices[0].finish_reason == "length"
+    assert first.usage.completion_tokens == 20
+
+
+def test_a_later_start_reuses_the_cached_file(q8_server: ServerProcess,
+                                              cache_dir: Path) -> None:
+    (cached,) = cache_dir.iterdir()
+    written = cached.stat().st_mtime_ns
+    with running_server([*ARGS, "--weights", "q8_0", "--weights-cache", str(cache_dir),
+                         "--log-level", "info"]) as again:
+        assert httpx.get(again.url + "/health").json()["weights"].startswith("Q8_0")
+        assert "re-encoding" not in again.log_tail(200)
+    assert [p for p in cache_dir.iterdir()] == [cached]
+    assert cached.stat().st_mtime_ns == written
+
+
+def test_an_unusable_cache_directory_is_a_one_line_start_up_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    server = ServerProcess([*ARGS, "--weights", "q8_0", "--weights-cache",
+                            str(blocker / "cache")])
+    try:
+        assert server.proc.wait(timeout=60) != 0
+        tail = server.log_tail(20)
+        assert "--weights q8_0 cannot create its cache directory" in tail
+        assert "Traceback" not in tail
+    finally:
+        server.stop()
