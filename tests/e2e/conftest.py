@@ -136,6 +136,18 @@ def running_server(extra_args: list[str]) -> Iterator[ServerProcess]:
                 Path(f"{server.store_path}{suffix}").unlink()
 
 
+@contextlib.contextmanager
+def openai_client(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    """The official client on one of a module's own servers, without retries: a test
+    sees the first answer."""
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0,
+                      timeout=120.0)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
 def concurrent_stops_limits_and_schemas(url: str, model_id: str, *, streams: int,
                                         structured: int) -> None:
     """Run `streams` seeded T=1 streams with a stop string and a token limit beside

@@ -17,6 +17,7 @@ import pytest
 from tests.e2e.conftest import (
     ServerProcess,
     concurrent_stops_limits_and_schemas,
+    openai_client,
     running_server,
 )
 
@@ -31,10 +32,8 @@ def fast_server() -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def fast(fast_server: ServerProcess) -> Iterator[openai.OpenAI]:
-    c = openai.OpenAI(base_url=fast_server.url + "/v1", api_key="unused", max_retries=0,
-                      timeout=120.0)
-    yield c
-    c.close()
+    with openai_client(fast_server) as c:
+        yield c
 
 
 def test_health_reports_the_mode(fast_server: ServerProcess, server_url: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 from tests.e2e.conftest import (
     ServerProcess,
     concurrent_stops_limits_and_schemas,
+    openai_client,
     running_server,
 )
 
@@ -32,10 +33,8 @@ def split_server() -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def split(split_server: ServerProcess) -> Iterator[openai.OpenAI]:
-    c = openai.OpenAI(base_url=split_server.url + "/v1", api_key="unused", max_retries=0,
-                      timeout=120.0)
-    yield c
-    c.close()
+    with openai_client(split_server) as c:
+        yield c
 
 
 def test_auto_layout_is_split_when_each_sequence_gets_a_full_context(

@@ -15,7 +15,12 @@ import pytest
 
 from chatd.models.registry import load_model_info
 from chatd.models.requantize import Q8_0_FILE_TYPE
-from tests.e2e.conftest import ServerProcess, concurrent_stops_limits_and_schemas, running_server
+from tests.e2e.conftest import (
+    ServerProcess,
+    concurrent_stops_limits_and_schemas,
+    openai_client,
+    running_server,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,10 +40,8 @@ def q8_server(cache_dir: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def q8(q8_server: ServerProcess) -> Iterator[openai.OpenAI]:
-    c = openai.OpenAI(base_url=q8_server.url + "/v1", api_key="unused", max_retries=0,
-                      timeout=120.0)
-    yield c
-    c.close()
+    with openai_client(q8_server) as c:
+        yield c
 
 
 def test_health_says_which_weights_are_served(q8_server: ServerProcess,
