@@ -40,15 +40,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="prompt tokens processed per step while other sequences decode")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     add_kv_cache_arguments(p)
-    p.add_argument("--weights", choices=["stored", "q8_0"], default="stored",
-                   help="stored (default): the weights as the model file has them. q8_0: "
-                        "re-encode them once as Q8_0 (cached in --weights-cache): on CPUs "
-                        "where llama.cpp has no batched kernel for the file's type (Q4_1 "
-                        "on AVX2) prompts and many sequences run much faster, at the cost "
-                        "of a second rounding of the weights and ~1.5x their memory")
-    p.add_argument("--weights-cache", type=Path, default=None, metavar="DIR",
-                   help="where --weights q8_0 keeps re-encoded files (default: "
-                        "$XDG_CACHE_HOME/chatd/weights, else ~/.cache/chatd/weights)")
+    add_weights_arguments(p)
     p.add_argument("--speculate", choices=["ngram", "always", "off"], default="ngram",
                    help="ngram (default): while few sequences decode, guess the next tokens "
                         "from earlier text (prompt lookup) and check them in the same step, "
@@ -203,6 +195,19 @@ def add_kv_cache_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup)
                    help="batch-invariant mode: a seeded request gives the same text alone, "
                         "under any load and from a cached prefix (q8_0 KV cache: long "
                         "prompts ~1.45x slower to process on 2 cores)")
+
+
+def add_weights_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--weights` and `--weights-cache`, shared by `serve` and `chat`."""
+    p.add_argument("--weights", choices=["stored", "q8_0"], default="stored",
+                   help="stored (default): the weights as the model file has them. q8_0: "
+                        "re-encode them once as Q8_0 (cached in --weights-cache): on CPUs "
+                        "where llama.cpp has no batched kernel for the file's type (Q4_1 "
+                        "on AVX2) prompts and many sequences run much faster, at the cost "
+                        "of a second rounding of the weights and ~1.5x their memory")
+    p.add_argument("--weights-cache", type=Path, default=None, metavar="DIR",
+                   help="where --weights q8_0 keeps re-encoded files (default: "
+                        "$XDG_CACHE_HOME/chatd/weights, else ~/.cache/chatd/weights)")
 
 
 def kv_cache_from_args(args: argparse.Namespace) -> str:

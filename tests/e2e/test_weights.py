@@ -6,6 +6,9 @@ a later start reuses the file instead of writing it again."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 from chatd.models.registry import load_model_info
 from chatd.models.requantize import Q8_0_FILE_TYPE
 from tests.e2e.conftest import (
+    EXTRA_SERVER_ARGS,
     ServerProcess,
     concurrent_stops_limits_and_schemas,
     openai_client,
@@ -107,3 +111,25 @@ def test_an_unusable_cache_directory_is_a_one_line_start_up_error(tmp_path: Path
         assert "Traceback" not in tail
     finally:
         server.stop()
+
+
+def test_the_terminal_chat_serves_the_same_copy_in_process(q8: openai.OpenAI, model_id: str,
+                                                           cache_dir: Path,
+                                                           tmp_path: Path) -> None:
+    (cached,) = cache_dir.iterdir()
+    written = cached.stat().st_mtime_ns
+    expected = q8.chat.completions.create(
+        model=model_id, temperature=0, max_tokens=24,
+        messages=[{"role": "user", "content": "Name three colors."}]).choices[0].message.content
+    env = {k: v for k, v in os.environ.items() if k not in ("CHATD_API_KEY", "OPENAI_API_KEY")}
+    at = EXTRA_SERVER_ARGS.index("--threads") if "--threads" in EXTRA_SERVER_ARGS else None
+    threads = EXTRA_SERVER_ARGS[at:at + 2] if at is not None else []  # as the server runs
+    result = subprocess.run(
+        [sys.executable, "-m", "chatd", "chat", "--deterministic", "--ctx-size", "2048", *threads,
+         "--weights", "q8_0", "--weights-cache", str(cache_dir), "--temperature", "0",
+         "--max-tokens", "24"],
+        input="Name three colors.", capture_output=True, text=True, timeout=120,
+        env={**env, "CHATD_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected.strip()
+    assert cached.stat().st_mtime_ns == written

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from chatd.cli import add_kv_cache_arguments, kv_cache_from_args
+from chatd.cli import add_kv_cache_arguments, add_weights_arguments, kv_cache_from_args
 from chatd.terminal import pipe, repl
 from chatd.terminal.backends import BackendError, ChatBackend, HTTPBackend, LocalBackend
 from chatd.terminal.paths import history_file
@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="most tokens per conversation (default: the model's, at most 8192)")
     local.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     add_kv_cache_arguments(local)
+    add_weights_arguments(local)
     ask = p.add_argument_group("answers")
     ask.add_argument("--system", default=None, help="system prompt")
     ask.add_argument("--temperature", type=float, default=None, help="0 = greedy")
@@ -54,7 +55,8 @@ def _open_local(args: argparse.Namespace) -> ChatBackend:
     from chatd.server import ConfigError, build_runtime
 
     settings = Settings(model=args.model, model_name=args.model_name, ctx_size=args.ctx_size,
-                        threads=args.threads, kv_cache=kv_cache_from_args(args), max_sequences=4)
+                        threads=args.threads, kv_cache=kv_cache_from_args(args), max_sequences=4,
+                        weights=args.weights, weights_cache=args.weights_cache)
     try:
         return LocalBackend(build_runtime(settings))
     except ConfigError as exc:
