@@ -1,10 +1,10 @@
 """`--weights q8_0`: serve a model file's weights re-encoded as Q8_0.
 
-On an AVX2 CPU (no AVX-512) llama.cpp has no batched kernel for the bundled model's
-Q4_1 weights (neither llamafile's tinyBLAS nor a repacked layout takes Q4_1): a prompt,
-or a step of 16 sequences, runs them one dot product at a time. Q8_0 has such
-kernels, so the same weights re-encoded as Q8_0 processed prompts ~2x and 16
-sequences ~1.5x faster on this project's 2-core AVX2 machine (README, "Weights").
+llama.cpp's CPU backend has no batched kernel for the bundled model's Q4_1 weights
+(neither llamafile's tinyBLAS nor a repacked layout takes Q4_1): a prompt, or a step
+of 16 sequences, runs them one dot product at a time. Q8_0 has such kernels, so the
+same weights re-encoded as Q8_0 processed prompts ~2x and 16 sequences 1.35-1.6x
+faster on this project's 2-core AVX2 machine (README, "Weights").
 The price is a second rounding: Q8_0's grid is not Q4_1's, so logits move a little
 (on the bundled model: KL 0.007 nats a token, 4% of greedy choices change) and the
 weights take ~1.5x the memory. That is the user's trade, never a default.
