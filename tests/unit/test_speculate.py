@@ -11,6 +11,7 @@ from chatd.engine.speculate import (
     MAX_DRAFT,
     NgramDrafter,
     StepCost,
+    any_length_pays,
     best_length,
     expected_tokens,
     verify,
@@ -94,6 +95,20 @@ def test_draft_length_pays_for_its_rows() -> None:
     # No cost line yet: one likely guess, to learn what a second row costs.
     assert best_length(0.6, 8, 1, 0, None) == 1
     assert best_length(0.3, 8, 1, 0, None) == 0
+
+
+def test_any_length_pays_is_best_length_of_a_sure_guess() -> None:
+    """The engine's per-step check answers exactly what the full search would."""
+    rng = np.random.default_rng(7)
+    lines: list[tuple[float, float] | None] = [None, (0.001, 0.006), (0.007, 0.0002),
+                                               (0.005, 0.0053), (0.0, 1e-6), (0.01, 0.0)]
+    lines += [(float(a), float(b)) for a, b in rng.uniform(0.0, 0.01, (300, 2))]
+    for line in lines:
+        for limit in (0, 1, 2, 7, 32):
+            for rows in (1, 2, 4, 16):
+                for others in (0, rows - 1):
+                    assert any_length_pays(limit, rows, others, line) == (
+                        best_length(1.0, limit, rows, others, line) > 0), (line, limit, rows)
 
 
 def _rows(seed: int, count: int) -> list[np.ndarray]:

@@ -33,6 +33,7 @@ from chatd.engine.speculate import (
     SURE_RATE,
     NgramDrafter,
     StepCost,
+    any_length_pays,
     best_length,
     verify,
 )
@@ -384,7 +385,7 @@ class Engine:
         drafter = seq.drafter
         explore = not always and (drafter is None or not drafter.tried or (
             self.step_cost.stale() and drafter.rate >= EXPLORE_RATE))
-        if not (always or explore) and best_length(1.0, room, rows, rows - 1, line) == 0:
+        if not (always or explore) and not any_length_pays(room, rows, rows - 1, line):
             return []  # not even a sure guess pays for its row: skip the lookup
         if seq.drafter is None:
             seq.drafter = NgramDrafter(seq.tokens)

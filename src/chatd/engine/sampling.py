@@ -11,6 +11,7 @@ batch-invariant).
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
@@ -383,9 +384,13 @@ def _first_above(cdf: np.ndarray, target: float, weights: np.ndarray | None) -> 
 
 
 def _best_finite(x: np.ndarray) -> int:
-    """argmax that ignores NaN and +inf (both only come from overflowed penalties)."""
-    best = int(np.argmax(x))
-    if np.isfinite(x[best]):
+    """argmax that ignores NaN and +inf (both only come from overflowed penalties).
+
+    Every greedy token goes through here right after a decode, when each numpy entry
+    point is a cache miss: the array's own argmax and a scalar test, not np.argmax's
+    dispatch and a ufunc."""
+    best = int(x.argmax())
+    if math.isfinite(x[best]):
         return best
     finite = np.where(np.isfinite(x), x, _NEG_INF)
     return int(np.argmax(finite))

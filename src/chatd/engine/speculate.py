@@ -121,6 +121,24 @@ def best_length(rate: float, limit: int, rows: int, others: int,
     return best
 
 
+def any_length_pays(limit: int, rows: int, others: int,
+                    line: tuple[float, float] | None) -> bool:
+    """Whether `best_length(1.0, limit, rows, others, line)` is above 0: whether even
+    guesses certain to be taken pay for their rows. Asked every step of every lone
+    sequence, so it is answered from the two ends of the range instead of a loop: with
+    every guess taken, tokens per second is (others + 1 + k) / (a + b * (rows + k)),
+    which is monotonic in k, so some k in 1..limit beats none exactly when k = 1 or
+    k = limit does."""
+    if line is None:
+        return limit >= 1
+    if limit < 1:
+        return False
+    a, b = line
+    base = (others + 1.0) / (a + b * rows)
+    return any((others + 1.0 + k) / (a + b * (rows + k)) > base * 1.001
+               for k in (1, limit))
+
+
 class NgramDrafter:
     """Drafts for one sequence from its own tokens (prompt + output), indexed as it grows."""
 
