@@ -30,11 +30,13 @@ log = logging.getLogger("chatd")
 WEIGHT_MODES = ("stored", "q8_0")
 Q8_0_FILE_TYPE = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
 
-# llama.cpp's `general.file_type` values, for log lines and /health.
-FILE_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0",
-                   9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L",
-                   14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-                   32: "BF16"}
+# llama.cpp's names for `general.file_type` values (LLAMA_FTYPE_MOSTLY_Q4_1 -> "Q4_1"),
+# for log lines and /health: read from the binding, so every type it knows is named.
+FILE_TYPE_NAMES = {
+    value: name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+    for name, value in vars(llama_cpp).items()
+    if name.startswith("LLAMA_FTYPE_") and name != "LLAMA_FTYPE_GUESSED"
+}
 
 
 def file_type_name(info: ModelInfo) -> str:
