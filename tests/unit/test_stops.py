@@ -187,3 +187,26 @@ def test_stopped_reported_on_the_delta_that_completes_the_stop() -> None:
             break
     else:
         raise AssertionError("never stopped")
+
+
+def test_held_tokens_keep_their_times() -> None:
+    """A token whose text is held back (half a character, a possible stop) still counts:
+    the delta that releases it carries when it was made, so inter-token metrics see
+    every token, not every delta."""
+    from chatd.chat.choice import ChoiceStream
+    from chatd.chat.generation import UsageCount, feed_event
+    from chatd.engine.types import TokenEvent
+
+    class Stream:
+        def cancel(self, index: int | None = None) -> None:
+            raise AssertionError("no stop string matches here")
+
+    choice = ChoiceStream(0, ["END"], logprobs=False, tools=False, streaming=True)
+    usage = UsageCount()
+    pieces = [("Hi", 1.0), ("", 2.0), ("E", 3.0), ("N", 4.0), ("ce", 5.0)]
+    deltas = [feed_event(Stream(), choice, TokenEvent(0, 7, text, at=at), usage)
+              for text, at in pieces]
+    out = [d for d in deltas if d is not None]
+    assert [(d.content, d.held, d.at) for d in out] == [
+        ("Hi", (), 1.0), ("ENce", (2.0, 3.0, 4.0), 5.0)]
+    assert usage.completion_tokens == 5

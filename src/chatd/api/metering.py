@@ -15,19 +15,22 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, TypeVar
 
-from chatd.api.tracking import current_record
+from chatd.api.tracking import RequestRecord, current_record
 from chatd.chat.completion import CompletionDelta, PreparedCompletion
 from chatd.chat.service import ChatService, ChoiceDelta, PreparedChat, UsageCount
 
 
 class _Timed(Protocol):
-    """What metering reads of a delta: whose it is and when the engine made it."""
+    """What metering reads of a delta: whose it is and when the engine made its tokens."""
 
     @property
     def index(self) -> int: ...
 
     @property
     def at(self) -> float: ...
+
+    @property
+    def held(self) -> tuple[float, ...]: ...
 
 
 D = TypeVar("D", bound=_Timed)
@@ -59,14 +62,10 @@ async def _metered(source: AsyncIterator[D], usage: UsageCount) -> AsyncIterator
             async for delta in deltas:
                 # The engine's time: a non-streaming request's tokens arrive at once.
                 now = delta.at or time.perf_counter()
-                previous = last.get(delta.index)
-                if record.first_token is None:
-                    record.first_token = now
-                    if metrics:
-                        metrics.ttft.observe(now - record.started)
-                elif previous is not None and metrics:
-                    metrics.itl.observe(now - previous)
-                last[delta.index] = record.last_token = now
+                if delta.held:  # tokens whose text came out only with this one
+                    for at in delta.held:
+                        _stamp(record, last, delta.index, at)
+                _stamp(record, last, delta.index, now)
                 yield delta
         finished = True
     finally:
@@ -79,3 +78,16 @@ async def _metered(source: AsyncIterator[D], usage: UsageCount) -> AsyncIterator
             if finished and record.last_token is not None:
                 metrics.e2e.observe(record.last_token - record.started)
         record.end_generation()
+
+
+def _stamp(record: RequestRecord, last: dict[int, float], index: int, at: float) -> None:
+    """One token of choice `index`, made at `at`: TTFT for the request's first, else a gap."""
+    metrics = record.metrics
+    previous = last.get(index)
+    if record.first_token is None:
+        record.first_token = at
+        if metrics:
+            metrics.ttft.observe(at - record.started)
+    elif previous is not None and metrics:
+        metrics.itl.observe(at - previous)
+    last[index] = record.last_token = at

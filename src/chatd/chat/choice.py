@@ -29,6 +29,9 @@ class ChoiceDelta:
     logprobs: list[LogprobEntry] | None = None
     finish_reason: str | None = None
     at: float = 0.0  # when the engine produced the token (TokenEvent.at)
+    # When the engine produced earlier tokens whose text only this delta releases (half a
+    # character, a possible stop string): metrics count every token, not every delta.
+    held: tuple[float, ...] = ()
 
 
 def _token_entry(item: TokenLogprob) -> LogprobEntry:
@@ -64,6 +67,7 @@ class ChoiceStream:
         self.pending: deque[tuple[LogprobEntry, int, int]] = deque()
         self.fed_chars = 0
         self.released_chars = 0
+        self.held_at: list[float] = []  # see ChoiceDelta.held
 
     def feed(self, event: TokenEvent) -> ChoiceDelta:
         delta = ChoiceDelta(index=self.index, at=event.at)

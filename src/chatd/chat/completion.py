@@ -76,6 +76,7 @@ class CompletionDelta:
     logprobs: LegacyLogprobs | None = None
     finish_reason: str | None = None
     at: float = 0.0  # when the engine produced the token (TokenEvent.at)
+    held: tuple[float, ...] = ()  # see ChoiceDelta.held
 
 
 class _Candidate:
@@ -111,7 +112,8 @@ class _Candidate:
         if delta.finish_reason:
             self.offsets.clear()  # logprobs of tokens inside a stop string are dropped
         return CompletionDelta(index=event.index, text=text, logprobs=logprobs,
-                               finish_reason=delta.finish_reason, at=delta.at)
+                               finish_reason=delta.finish_reason, at=delta.at,
+                               held=delta.held)
 
     def keep(self, delta: CompletionDelta) -> None:
         self.text.append(delta.text)

@@ -143,5 +143,9 @@ def feed_event(stream: Cancellable, choice: ChoiceStream, event: TokenEvent,
     if delta.finish_reason and event.finish_reason is None:
         stream.cancel(event.index)  # stop string matched
     if delta.content or delta.tool_calls or delta.logprobs or delta.finish_reason:
+        if choice.held_at:
+            delta.held, choice.held_at = tuple(choice.held_at), []
         return delta
+    if event.token_id >= 0:
+        choice.held_at.append(event.at)
     return None
