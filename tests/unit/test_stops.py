@@ -8,7 +8,10 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatd.chat.choice import ChoiceStream
+from chatd.chat.generation import UsageCount, feed_event
 from chatd.chat.stops import StopMatcher
+from chatd.engine.types import TokenEvent
 
 
 def run(stops: list[str], chunks: list[str]) -> tuple[list[str], bool]:
@@ -193,10 +196,6 @@ def test_held_tokens_keep_their_times() -> None:
     """A token whose text is held back (half a character, a possible stop) still counts:
     the delta that releases it carries when it was made, so inter-token metrics see
     every token, not every delta."""
-    from chatd.chat.choice import ChoiceStream
-    from chatd.chat.generation import UsageCount, feed_event
-    from chatd.engine.types import TokenEvent
-
     class Stream:
         def cancel(self, index: int | None = None) -> None:
             raise AssertionError("no stop string matches here")

@@ -62,9 +62,8 @@ async def _metered(source: AsyncIterator[D], usage: UsageCount) -> AsyncIterator
             async for delta in deltas:
                 # The engine's time: a non-streaming request's tokens arrive at once.
                 now = delta.at or time.perf_counter()
-                if delta.held:  # tokens whose text came out only with this one
-                    for at in delta.held:
-                        _stamp(record, last, delta.index, at)
+                for at in delta.held:  # tokens whose text came out only with this one
+                    _stamp(record, last, delta.index, at)
                 _stamp(record, last, delta.index, now)
                 yield delta
         finished = True
