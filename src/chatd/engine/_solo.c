@@ -6,12 +6,14 @@
  * and llama.cpp's threads waited for all of it. `run` loops decode, pick, decode on the
  * engine thread with the GIL released; each pick makes `fileno()` (an eventfd) readable,
  * and the asyncio loop takes the tokens (`take`) and turns them into events during the
- * next decode: one wake-up per token, no second thread contending for the GIL. The decodes stay on the engine
- * thread on purpose: a second thread calling llama_decode gets an OpenMP team of its
- * own, and with more OpenMP threads than cores libgomp stops spinning at ggml's
- * barriers, which made every decode ~2x slower. A run ends at the sequence's end (an
- * end-of-generation token, or its token budget), or when the engine asks (`interrupt`:
- * a new request, a cancel, shutdown), after the decode in flight.
+ * next decode: one wake-up per token, and no third thread contending for the GIL.
+ *
+ * The decodes stay on the engine thread on purpose: a second thread calling
+ * llama_decode gets an OpenMP team of its own, and with more OpenMP threads than cores
+ * libgomp stops spinning at ggml's barriers, which made every decode ~2x slower. A run
+ * ends at the sequence's end (an end-of-generation token, or its token budget), or
+ * when the engine asks (`interrupt`: a new request, a cancel, shutdown), after the
+ * decode in flight.
  *
  * The pick is the Python sampler's, to the bit: the greedy argmax under the same rules
  * for ties and non-finite entries, or the kernel's draw with one uniform per token from

@@ -5,9 +5,9 @@ the next. The engine thread hands such a sequence to `SoloLoop.run`, which runs 
 steps in C with the GIL released, and the request's asyncio loop, woken through
 `fileno()`, takes each token (`take`) and turns it into its event while the next decode
 runs, instead of the engine planning, sampling and committing in Python between
-decodes. It takes only what it can pick
-exactly as `Sampler.sample` would (greedy or a whole-distribution draw, with fixed
-biases and bans), so the output is the same token for token, seeded or not.
+decodes. It takes only what it can pick exactly as `Sampler.sample` would (greedy or
+a whole-distribution draw, with fixed biases and bans), so the output is the same
+token for token, seeded or not.
 """
 
 from __future__ import annotations
