@@ -1,5 +1,4 @@
-"""chatd's compiled parts: the sampling kernel (src/chatd/engine/_draw.c) and the native
-loop that runs a lone sequence's steps with it (_solo.c); both include _kernel.h.
+"""The one compiled part of chatd: the sampling kernel (src/chatd/engine/_draw.c).
 
 Everything else is declared in pyproject.toml. The flags keep the kernel's arithmetic
 exactly as written (no FMA contraction, no fast-math), so a seed picks the same tokens
@@ -14,13 +13,12 @@ from setuptools import Extension, setup
 FLAGS = [] if sys.platform == "win32" else [
     "-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 
-KERNEL = ["src/chatd/engine/_kernel.h"]
-EXTENSIONS = [Extension("chatd.engine._draw", sources=["src/chatd/engine/_draw.c"],
-                        depends=KERNEL, extra_compile_args=FLAGS)]
-# The native loop uses pthreads, an eventfd and perf_counter's Linux clock; elsewhere
-# the engine steps every sequence in Python (engine/solo.py).
-if sys.platform.startswith("linux"):
-    EXTENSIONS.append(Extension("chatd.engine._solo", sources=["src/chatd/engine/_solo.c"],
-                                depends=KERNEL, extra_compile_args=FLAGS))
-
-setup(ext_modules=EXTENSIONS)
+setup(
+    ext_modules=[
+        Extension(
+            "chatd.engine._draw",
+            sources=["src/chatd/engine/_draw.c"],
+            extra_compile_args=FLAGS,
+        )
+    ]
+)

@@ -6,7 +6,7 @@ alternating rounds (AB, BA, ...), so a neighbour's burst on a shared machine hit
 Prints each round's tokens/s, the engine's decode and host time per step and the CPU
 per token of the event loop, then the geometric mean of A / B over the rounds.
 
-    python -m benchmarks.ab --a "--solo-loop off" [--b ""] [--concurrency 1]
+    python -m benchmarks.ab --a "--speculate off" [--b ""] [--concurrency 1]
                             [--temperature 0] [--rounds 6] [--stream | --no-stream]
 """
 
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
                 got[name] = row = _round(url, pid, args, ban)
                 print(f"  round {r + 1} {name}: {row['tokens_per_s']:7.1f} tok/s, decode "
                       f"{row['decode_ms']:.2f} ms and host {row['host_ms']:.3f} ms a step, "
-                      f"event loop {row['event_loop_ms']} ms CPU a token, native loop "
-                      f"{row['solo_share']} of tokens, {row['errors']} errors", flush=True)
+                      f"event loop {row['event_loop_ms']} ms CPU a token, "
+                      f"{row['errors']} errors", flush=True)
             ratios.append(got["A"]["tokens_per_s"] / got["B"]["tokens_per_s"])
         mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
         print(f"A ({args.a!r}) / B ({args.b!r}), c={args.concurrency}, T={args.temperature}, "

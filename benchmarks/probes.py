@@ -76,7 +76,6 @@ class CpuSample:
     llama_workers: float | None
     tokens_generated: int
     engine_host: float | None = None  # engine thread seconds in steps, outside llama_decode
-    solo_tokens: int = 0  # tokens the native loop of a lone sequence picked (solo.py)
 
     @classmethod
     def take(cls, pid: int, base: str) -> CpuSample:
@@ -89,8 +88,7 @@ class CpuSample:
                    llama_workers=sum(thread_cpu_s(pid, t) or 0.0 for t in workers)
                    if workers else None,
                    tokens_generated=int(counters["tokens_generated"]),
-                   engine_host=float(host) if host is not None else None,
-                   solo_tokens=int(counters.get("solo_tokens", 0)))
+                   engine_host=float(host) if host is not None else None)
 
 
 def cpu_per_token(before: CpuSample, after: CpuSample) -> dict[str, Any]:
@@ -101,11 +99,9 @@ def cpu_per_token(before: CpuSample, after: CpuSample) -> dict[str, Any]:
         a, b = getattr(after, key), getattr(before, key)
         return round(1000 * (a - b) / tokens, 3) if a is not None and b is not None \
             and tokens > 0 else None
-    solo = after.solo_tokens - before.solo_tokens
     return {"tokens": tokens, "engine_ms": ms("engine"), "event_loop_ms": ms("event_loop"),
             "llama_workers_ms": ms("llama_workers"), "process_ms": ms("process"),
-            "engine_host_ms": ms("engine_host"),
-            "solo_share": round(solo / tokens, 3) if tokens > 0 else None}
+            "engine_host_ms": ms("engine_host")}
 
 
 def speculation(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -177,11 +177,10 @@ def _format_cpu(rows: list[dict[str, Any]]) -> str:
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
     lines = [f"{'conc':>4} {'engine':>8} {'outside decode':>15} {'llama.cpp workers':>18} "
-             f"{'event loop':>11} {'process':>8} {'tokens':>7} {'native loop':>12}"]
+             f"{'event loop':>11} {'process':>8} {'tokens':>7}"]
     lines += [f"{r['concurrency']:>4} {num(r['engine_ms']):>8} "
               f"{num(r.get('engine_host_ms')):>15} {num(r['llama_workers_ms']):>18} "
-              f"{num(r['event_loop_ms']):>11} {num(r['process_ms']):>8} {r['tokens']:>7} "
-              f"{num(r.get('solo_share')):>12}"
+              f"{num(r['event_loop_ms']):>11} {num(r['process_ms']):>8} {r['tokens']:>7}"
               for r in rows]
     return "\n".join(lines)
 
@@ -573,9 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nserver CPU per generated token, ms, over each closed-loop run (the "
                   "engine thread includes its share of llama.cpp's compute; 'outside "
                   "decode' is its wall time in steps outside llama_decode: planning, "
-                  "sampling, handing tokens over; 'native loop' is the share of tokens "
-                  "a lone sequence's compiled loop picked, whose events the event loop "
-                  "builds instead)")
+                  "sampling, handing tokens over)")
             print(_format_cpu(doc["server_cpu"]))
         if doc.get("rss"):
             rss = doc["rss"]

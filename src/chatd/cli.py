@@ -47,10 +47,6 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         "as many as the measured cost of a step's rows makes worth it. "
                         "always: every guess, whatever it costs. off: one token per step. "
                         "Outputs are exactly those without speculation")
-    p.add_argument("--solo-loop", choices=["on", "off"], default="on",
-                   help="on (default): while one sequence decodes alone, its steps (decode, "
-                        "pick the next token) run on a native thread, without Python between "
-                        "decodes. Outputs are exactly those with it off")
     p.add_argument("--max-n", type=int, default=8, help="largest `n` a request may ask for")
     media = p.add_argument_group("image and audio input")
     media.add_argument("--mmproj", type=Path, default=None, metavar="PATH",
@@ -231,8 +227,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_sequences=args.max_sequences,
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
         threads=args.threads, kv_cache=kv_cache_from_args(args), kv_layout=args.kv_layout,
-        speculate=args.speculate, solo_loop=args.solo_loop == "on", weights=args.weights,
-        weights_cache=args.weights_cache,
+        speculate=args.speculate, weights=args.weights, weights_cache=args.weights_cache,
         mmproj=args.mmproj, media_fetch=args.media_fetch,
         media_max_bytes=args.media_max_bytes, media_timeout=args.media_timeout,
         max_n=args.max_n,

@@ -34,7 +34,6 @@ class Settings:
     weights_cache: Path | None = None  # None: $XDG_CACHE_HOME/chatd/weights
     speculate: str = "ngram"           # prompt-lookup drafts: "ngram" (when they pay),
                                        # "always", "off"
-    solo_loop: bool = True             # a lone sequence's steps on a native thread
     max_n: int = 8                     # largest `n` one request may ask for
     mmproj: Path | None = None         # multimodal projector: image/audio input
     media_fetch: str | None = None     # hosts whose image URLs may be fetched

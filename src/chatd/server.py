@@ -122,7 +122,7 @@ def build_runtime(settings: Settings) -> Runtime:
         max_running=settings.max_sequences, n_slots=n_slots, ctx_size=ctx_size,
         batch_tokens=batch_tokens, prefill_chunk=max(1, settings.prefill_chunk),
         epoch_cells=max(ctx_size, 8192), park_cells=settings.parked_cells,
-        speculate=settings.speculate, solo=settings.solo_loop), projector)
+        speculate=settings.speculate), projector)
     template_source = info.chat_template
     if template_source is None:
         log.warning("%s has no chat template in its metadata; using the built-in ChatML "

@@ -6,11 +6,6 @@ stream. The engine thread wakes, admits queued requests, and runs steps: one
 waiting prompts, then one sample per sequence that produced logits. Events cross
 back with `loop.call_soon_threadsafe`, once per request per step. ctypes releases
 the GIL during decode, so the HTTP loop keeps serving meanwhile.
-
-A sequence running alone, with nothing to draft and a pick the compiled loop makes
-exactly as the sampler does, leaves Python altogether between decodes (solo.py): the
-engine thread runs its steps in C until it ends or something wakes the engine, and
-the request's event loop turns each token into its event during the next decode.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ from chatd.engine.multimodal import MediaEncoder, MediaSpan, Projector
 from chatd.engine.sampling import Sampler, log_softmax_at, sample_plain, top_ids
 from chatd.engine.scheduler import MediaPiece, Scheduler, StepPlan
 from chatd.engine.sequence import Group, Sequence, Status, deliver
-from chatd.engine.solo import Picked, SoloLoop
 from chatd.engine.speculate import (
     EXPLORE_DRAFT,
     EXPLORE_RATE,
@@ -61,7 +55,6 @@ class EngineConfig:
     speculate: str = "ngram"    # n-gram drafts (speculate.py) while few sequences decode:
                                 # "ngram" as long as they pay, "always" whatever they cost
     speculate_max_running: int = 4  # beyond this, extra rows cost more than they save
-    solo: bool = True           # a lone plain sequence steps on a native thread (solo.py)
 
 
 class EngineStopped(RuntimeError):
@@ -153,13 +146,6 @@ class Engine:
                         if projector is not None else None)
         self.media_decode_seconds = 0.0
         self._decode_step_s: float | None = None
-        self.solo_tokens = 0  # tokens picked by the native loop (solo.py)
-        self._solo = SoloLoop(model) if config.solo and SoloLoop.available() else None
-        self._solo_seq: Sequence | None = None  # the sequence of the run under way
-        self._solo_drained = threading.Event()
-        self._solo_lock = threading.Lock()
-        self._solo_error = 0
-        self._solo_broken = False
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -169,25 +155,20 @@ class Engine:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
-        self.wake()
+        self._wake.set()
         if self.encoder is not None:
             self.encoder.stop()
         if self._thread:
             self._thread.join(timeout)
 
     def wake(self) -> None:
-        """Something needs the engine thread: a new request, a cancel, shutdown. A
-        lone sequence's native run ends for it after the decode in flight."""
         self._wake.set()
-        solo = self._solo
-        if solo is not None:
-            solo.interrupt()
 
     def abort_all(self) -> None:
         """End every queued and running request now (shutdown deadline): each stream
         receives its final event instead of being torn."""
         self._abort_requested = True
-        self.wake()
+        self._wake.set()
 
     # ---- the seam -----------------------------------------------------------------
 
@@ -219,7 +200,7 @@ class Engine:
                                        tokens=list(prompt), n_prompt=len(prompt),
                                        constraint=constraint))
         self._inbox.append(group)
-        self.wake()
+        self._wake.set()
         return GenerationStream(self, group)
 
     def alive(self) -> bool:
@@ -245,7 +226,6 @@ class Engine:
             "prefix_cache_copied_tokens": self.scheduler.copied_tokens,
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,
-            "solo_tokens": self.solo_tokens,
             "spec_drafted_tokens": self.drafted_tokens,
             "spec_accepted_tokens": self.accepted_tokens,
             "engine_decode_seconds": round(self.decode_seconds, 6),
@@ -303,11 +283,6 @@ class Engine:
             deliver({seq.group for seq, _ in plan.advanced})
             self.decode_seconds += decoded - started
             self.host_seconds += time.perf_counter() - decoded
-            lone = self._lone_plain(plan)
-            if lone is not None:
-                self._run_solo(lone)
-        if self._solo is not None:
-            self._solo.close()
         # Shutting down: nobody may wait forever on a stream.
         running = list(sched.running)
         for seq in running:
@@ -362,134 +337,6 @@ class Engine:
                 self._finish_group(group, "error", "internal error while repacking the KV cache")
             self.scheduler.reset()
 
-    # ---- a lone sequence on the native loop -----------------------------------------
-
-    def _lone_plain(self, plan: StepPlan) -> Sequence | None:
-        """The one running sequence, when nothing else is waiting and its next steps
-        are exactly what the native loop runs: one decode row and a plain pick."""
-        solo = self._solo
-        if solo is None or plan.drafts or plan.prefill_tokens or plan.media is not None:
-            return None
-        solo.clear()  # from here, whatever wakes the engine also ends the run
-        sched = self.scheduler
-        if (self._inbox or sched.waiting or len(sched.running) != 1 or self._stopping
-                or self._abort_requested):
-            return None
-        seq = sched.running[0]
-        group = seq.group
-        if group.cancel_all or group.cancelled or not SoloLoop.takes(seq):
-            return None
-        return seq
-
-    def _steps_without_drafts(self, seq: Sequence) -> int | None:
-        """How many steps this lone sequence certainly takes without a draft (None: all
-        of them), by `_draft`'s own rules: none before its first verified draft, none
-        while a draft of some length pays at its rate, and only until the step cost
-        line goes stale while its guesses are mostly taken (then it explores). The
-        drafter's rate only changes with drafts; the line changes slowly with the
-        loop's one-row steps."""
-        if not self._speculating():
-            return None
-        drafter = seq.drafter
-        if self.config.speculate == "always" or drafter is None or not drafter.tried:
-            return 0
-        line = self.step_cost.line()
-        if any_length_pays(MAX_DRAFT, 1, 0, line) and (
-                drafter.rate >= SURE_RATE
-                or best_length(drafter.rate, MAX_DRAFT, 1, 0, line) > 0):
-            return 0
-        if drafter.rate >= EXPLORE_RATE:
-            return self.step_cost.steps_until_stale()
-        return None
-
-    def _run_solo(self, seq: Sequence) -> None:
-        """Run the sequence's steps in the native loop until it ends or the engine is
-        woken. Meanwhile the request's event loop emits each token (`_solo_picked`);
-        it touches the sequence and the scheduler only while this thread waits here."""
-        solo = self._solo
-        assert solo is not None
-        params = seq.group.request.params
-        budget = min(params.max_new_tokens - seq.n_generated,
-                     self.config.ctx_size - len(seq.tokens))
-        plain = self._steps_without_drafts(seq)
-        if plain is not None:
-            budget = min(budget, plain)
-        if budget <= 0:
-            return
-        loop = seq.group.loop
-        self._solo_seq = seq
-        self._solo_broken = False
-        self._solo_error = 0
-        self._solo_drained.clear()
-        try:
-            loop.call_soon_threadsafe(loop.add_reader, solo.fileno(), self._solo_picked, solo)
-        except RuntimeError:  # the clients' loop is gone
-            return
-        try:
-            solo.run(seq, budget, stop_at_eog=not params.ignore_eos)
-        except Exception:  # a bug or no memory: the Python path steps everything from now
-            log.exception("the native loop failed to start; it stays off")
-            self._solo = None
-            solo.close()
-            loop.call_soon_threadsafe(loop.remove_reader, solo.fileno())
-            return
-        while not self._solo_drained.wait(0.5):
-            if loop.is_closed() or not loop.is_running():  # nobody will take them
-                self._solo_picked(solo, block=True)
-        self._solo_seq = None
-        if self._solo_error:
-            log.error("decode failed (llama_decode returned %d); failing its request",
-                      self._solo_error)
-            self._fail_group(seq.group, f"llama_decode returned {self._solo_error}")
-        elif self._solo_broken:
-            self._fail_group(seq.group, "internal error while emitting tokens")
-
-    def _solo_picked(self, solo: SoloLoop, *, block: bool = False) -> None:
-        """On the request's event loop (or, with `block`, on the engine thread when
-        that loop has stopped): emit the tokens the native loop picked since last time,
-        and once its run is over, let the engine thread go on."""
-        seq = self._solo_seq
-        with self._solo_lock:
-            while (picked := solo.take(block=block)) is not None:
-                if seq is not None and not self._solo_broken:
-                    try:
-                        self._take_picked(seq, picked)
-                    except Exception:
-                        log.exception("emitting the native loop's tokens failed")
-                        self._solo_broken = True
-                        solo.interrupt()
-                if picked.done:
-                    self._solo_error = picked.error
-                    if not block:
-                        asyncio.get_running_loop().remove_reader(solo.fileno())
-                    self._solo_drained.set()
-                    return
-                if not block:
-                    return
-
-    def _take_picked(self, seq: Sequence, picked: Picked) -> None:
-        """What `_run` does after each decode, for each token the loop picked: record
-        the decode (a step of one row) and emit the token."""
-        for token, at, decode_s, pick_s in zip(picked.tokens, picked.at,
-                                               picked.decode_seconds, picked.pick_seconds,
-                                               strict=True):
-            if seq.status is Status.FINISHED:  # cannot happen: the loop ends with it
-                log.error("the native loop picked a token after its sequence ended")
-                break
-            self.steps += 1
-            self.decode_seconds += decode_s
-            self.host_seconds += pick_s
-            self.step_cost.observe(1, decode_s)
-            self._note_decode_step(decode_s)
-            self.scheduler.advance(seq, 1)
-            self._emit_token(seq, None, at, token)
-        self.solo_tokens += len(picked.tokens)
-        events = seq.group.take() if picked.tokens else None
-        # On the group's own loop, straight into its queue; on the engine thread (that
-        # loop has stopped) nobody is listening any more.
-        if events is not None and threading.current_thread() is not self._thread:
-            seq.group.queue.put_nowait(events)
-
     def _pace_prefill(self, plan: StepPlan, seconds: float) -> None:
         """Keep steps that carry prompt chunks within ~2x a decode-only step.
 
@@ -501,18 +348,14 @@ class Engine:
             return
         sched = self.scheduler
         if not plan.prefill_tokens:
-            self._note_decode_step(seconds)
+            self._decode_step_s = (seconds if self._decode_step_s is None
+                                   else 0.8 * self._decode_step_s + 0.2 * seconds)
         elif self._decode_step_s is not None:
             if seconds > 2.0 * self._decode_step_s:
                 sched.prefill_budget = max(1, sched.prefill_budget // 2)
             elif seconds < 1.5 * self._decode_step_s:
                 sched.prefill_budget = min(self.config.prefill_chunk,
                                            sched.prefill_budget * 2)
-
-    def _note_decode_step(self, seconds: float) -> None:
-        """What a step without prompt rows takes (the yardstick `_pace_prefill` uses)."""
-        self._decode_step_s = (seconds if self._decode_step_s is None
-                               else 0.8 * self._decode_step_s + 0.2 * seconds)
 
     def _speculating(self) -> bool:
         if self.config.speculate not in ("ngram", "always"):
@@ -614,14 +457,12 @@ class Engine:
                 log.exception("sampling failed for request %d", seq.group.id)
                 self._finish_group(seq.group, "error", "internal error while sampling")
 
-    def _emit_token(self, seq: Sequence, row: np.ndarray | None, at: float,
+    def _emit_token(self, seq: Sequence, row: np.ndarray, at: float,
                     token: int | None = None) -> None:
-        """Append the sequence's next token (sampled from `row` unless already picked;
-        the native loop's tokens come without a row, and never ask for logprobs)."""
+        """Append the sequence's next token (sampled from `row` unless already picked)."""
         params = seq.group.request.params
         constraint = seq.constraint
         if token is None:
-            assert row is not None
             token = seq.sampler.sample(row, constraint.disallowed() if constraint else None)
         seq.sampler.accept(token)
         seq.tokens.append(token)
@@ -646,7 +487,7 @@ class Engine:
                 text += seq.decoder.decode(b"", final=True)
         event = TokenEvent(index=seq.index, token_id=token, text=text,
                            prompt_tokens=seq.n_prompt, cached_tokens=seq.cached_tokens, at=at)
-        if params.logprobs and finish != "stop" and row is not None:
+        if params.logprobs and finish != "stop":
             self._add_logprobs(event, row, token, params.top_logprobs)
         seq.group.outbox.append(event)
         if finish:
@@ -701,11 +542,8 @@ class Engine:
         group.flush()
 
     def _fail_plan(self, plan: StepPlan, message: str) -> None:
-        for group in {seq.group for seq, _ in plan.advanced}:
-            self._fail_group(group, message)
-
-    def _fail_group(self, group: Group, message: str) -> None:
-        """A decode failed: the group's cells may be incomplete, so none are kept."""
-        for seq in group.seqs:
-            self.scheduler.discard(seq)
-        self._finish_group(group, "error", message)
+        groups = {seq.group for seq, _ in plan.advanced}
+        for group in groups:
+            for seq in group.seqs:
+                self.scheduler.discard(seq)
+            self._finish_group(group, "error", message)

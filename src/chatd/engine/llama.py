@@ -318,17 +318,6 @@ class LlamaModel:
         if rc != 0:
             raise DecodeError(rc)
 
-    def native(self) -> tuple[int, int, int]:
-        """Addresses of llama_decode, llama_get_logits_ith and this context, for the
-        native loop that steps a lone sequence (engine/solo.py)."""
-        lib = lc.llama_cpp._lib
-        decode = ctypes.cast(lib["llama_decode"], ctypes.c_void_p).value
-        logits = ctypes.cast(lib["llama_get_logits_ith"], ctypes.c_void_p).value
-        ctx = ctypes.cast(self._ctx, ctypes.c_void_p).value
-        if not (decode and logits and ctx):
-            raise RuntimeError("llama.cpp's functions or context have no address")
-        return decode, logits, ctx
-
     @property
     def handle(self) -> lc.llama_model_p:
         """The llama_model pointer (libmtmd loads a projector against it)."""

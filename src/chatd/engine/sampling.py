@@ -128,25 +128,6 @@ class Sampler:
         # copying 49k floats to a scratch row for each token.
         self._sparse = self._only is None
         self._fixed_ids = np.concatenate([self._bias_ids, self._banned])
-        self._fixed_edits = self._edits_that_stay()
-
-    def fixed_edits(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(ids, values) that `sample` writes into every row before picking, as int32 and
-        float32 (a value of -inf bans the id, any other is added), when the pick is plain
-        and those edits never change from token to token (no penalties, no "only these
-        tokens"): what the native loop of a lone sequence (solo.py) needs to pick
-        exactly as `sample` does. None otherwise."""
-        return self._fixed_edits
-
-    def _edits_that_stay(self) -> tuple[np.ndarray, np.ndarray] | None:
-        p = self.params
-        if (not self.plain or not self._sparse or p.presence_penalty
-                or p.frequency_penalty or p.repetition_penalty != 1.0):
-            return None
-        ids = self._fixed_ids.astype(np.int32)
-        values = np.concatenate([self._bias_vals,
-                                 np.full(len(self._banned), _NEG_INF, dtype=np.float32)])
-        return ids, values
 
     @property
     def rng(self) -> np.random.Generator:

@@ -650,23 +650,15 @@ class Scheduler:
     def commit(self, plan: StepPlan) -> None:
         """Record that the plan's tokens are now in the KV cache."""
         for seq, count in plan.advanced:
+            slot = self.slots[seq.slot]
             guess = plan.drafts.get(seq)
             if guess is None:
-                self.advance(seq, count)
-                continue
-            slot = self.slots[seq.slot]
-            slot.tokens += [seq.tokens[seq.n_cached], *guess]
+                slot.tokens.extend(seq.tokens[seq.n_cached:seq.n_cached + count])
+            else:
+                slot.tokens += [seq.tokens[seq.n_cached], *guess]
             self._placed(slot, seq, count)
             seq.n_cached += count
             slot.last_used = next(_clock)
-
-    def advance(self, seq: Sequence, count: int) -> None:
-        """Record that the sequence's next `count` tokens are now in the KV cache."""
-        slot = self.slots[seq.slot]
-        slot.tokens.extend(seq.tokens[seq.n_cached:seq.n_cached + count])
-        self._placed(slot, seq, count)
-        seq.n_cached += count
-        slot.last_used = next(_clock)
 
     def _placed(self, slot: Slot, seq: Sequence, count: int) -> None:
         # llama.cpp gives a batch's tokens the lowest free cells in batch order, and

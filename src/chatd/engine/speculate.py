@@ -71,10 +71,6 @@ class StepCost:
         """
         return self._since_fit >= EXPLORE_AFTER
 
-    def steps_until_stale(self) -> int:
-        """Steps of one size still to come before `stale`."""
-        return max(0, EXPLORE_AFTER - self._since_fit)
-
     def observe(self, rows: int, seconds: float) -> None:
         self._since_fit += 1
         k = 1.0 - self._decay
