@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import shlex
 import sys
 from typing import Any
 
@@ -23,14 +24,16 @@ from benchmarks.ceiling import special_token_ids
 from benchmarks.probes import CpuSample, cpu_per_token, health
 from benchmarks.run import _free_port, server_process
 from chatd.bench.loadgen import default_requests_per_client, run_load
+from chatd.engine.llama import default_threads
 
 
 def _server_cmd(port: int, extra: str, args: argparse.Namespace) -> list[str]:
     cells = args.ctx_size * args.max_sequences
     return [sys.executable, "-m", "benchmarks.named_threads", "serve", "--port", str(port),
-            "--host", "127.0.0.1", "--store", "off", "--threads", str(args.threads),
+            "--host", "127.0.0.1", "--store", "off",
+            "--threads", str(args.threads or default_threads()),
             "--max-sequences", str(args.max_sequences), "--ctx-size", str(args.ctx_size),
-            "--kv-cells", str(cells), *extra.split()]
+            "--kv-cells", str(cells), *shlex.split(extra)]
 
 
 def _round(url: str, pid: int, args: argparse.Namespace, ban: list[int]) -> dict[str, Any]:
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="default: physical cores, as "
+                   "`make versus` runs")
     p.add_argument("--max-sequences", type=int, default=16)
     p.add_argument("--ctx-size", type=int, default=4608)
     args = p.parse_args(argv)
