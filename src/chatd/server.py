@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import signal
@@ -297,6 +298,17 @@ def open_store(settings: Settings) -> CompletionStore | None:
     return store
 
 
+def freeze_startup_heap() -> None:
+    """Take what start-up built (the model's vocabulary tables, FastAPI's routes and
+    models, the tokenizer's caches: ~120,000 objects) out of the cyclic garbage
+    collector's reach. Otherwise each full collection walks them all, 60-95 ms with
+    the GIL held, and it is the allocations of a burst of new requests that set one
+    off: 16 requests that arrive together all waited that much longer for their first
+    token, and the engine thread for its next step."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(settings: Settings) -> None:
     store = open_store(settings)
     runtime = build_runtime(settings)
@@ -306,6 +318,7 @@ def serve(settings: Settings) -> None:
     if settings.webui:
         install_webui(app)
     _warn_if_open(settings, app.state.ctx.auth.tags)
+    freeze_startup_heap()
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning",
         loop="uvloop", http="httptools",

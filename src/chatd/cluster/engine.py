@@ -39,7 +39,7 @@ class EngineReplica:
         from ray import serve
 
         from chatd.api.app import create_app
-        from chatd.server import build_runtime, open_store
+        from chatd.server import build_runtime, freeze_startup_heap, open_store
         from chatd.webui.routes import install as install_webui
 
         logging.basicConfig(level=getattr(logging, settings.log_level.upper()))
@@ -65,6 +65,7 @@ class EngineReplica:
         self.app = create_app(self.runtime)
         if settings.webui:
             install_webui(self.app)
+        freeze_startup_heap()
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
         self._reporting = (asyncio.get_running_loop().create_task(peers.run(self._report))
