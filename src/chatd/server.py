@@ -302,9 +302,9 @@ def freeze_startup_heap() -> None:
     """Take what start-up built (the model's vocabulary tables, FastAPI's routes and
     models, the tokenizer's caches: ~120,000 objects) out of the cyclic garbage
     collector's reach. Otherwise each full collection walks them all, 60-95 ms with
-    the GIL held, and it is the allocations of a burst of new requests that set one
-    off: 16 requests that arrive together all waited that much longer for their first
-    token, and the engine thread for its next step."""
+    the GIL held (about once a minute under load), and the allocations of a burst of
+    new requests are what set one off: the engine thread's next step and every one of
+    those requests' first tokens wait that much longer (docs/performance.md)."""
     gc.collect()
     gc.freeze()
 
