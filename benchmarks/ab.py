@@ -16,24 +16,13 @@ import argparse
 import asyncio
 import contextlib
 import math
-import shlex
-import sys
 from typing import Any
 
 from benchmarks.ceiling import special_token_ids
 from benchmarks.probes import CpuSample, cpu_per_token, health
-from benchmarks.run import _free_port, server_process
+from benchmarks.run import chatd_server
 from chatd.bench.loadgen import default_requests_per_client, run_load
 from chatd.engine.llama import default_threads
-
-
-def _server_cmd(port: int, extra: str, args: argparse.Namespace) -> list[str]:
-    cells = args.ctx_size * args.max_sequences
-    return [sys.executable, "-m", "benchmarks.named_threads", "serve", "--port", str(port),
-            "--host", "127.0.0.1", "--store", "off",
-            "--threads", str(args.threads or default_threads()),
-            "--max-sequences", str(args.max_sequences), "--ctx-size", str(args.ctx_size),
-            "--kv-cells", str(cells), *shlex.split(extra)]
 
 
 def _round(url: str, pid: int, args: argparse.Namespace, ban: list[int]) -> dict[str, Any]:
@@ -71,9 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         servers = {}
         for name, extra in (("A", args.a), ("B", args.b)):
-            port = _free_port()
-            servers[name] = stack.enter_context(server_process(
-                f"chatd {name}", _server_cmd(port, extra, args), port, 180.0))
+            serve = argparse.Namespace(  # make versus's context; only `extra` differs
+                max_sequences=args.max_sequences, model=None,
+                threads=args.threads or default_threads(), startup_timeout=180.0,
+                serve_arg=[f"--ctx-size {args.ctx_size}",
+                           f"--kv-cells {args.ctx_size * args.max_sequences}", extra])
+            servers[name] = stack.enter_context(chatd_server(serve))
         for url, _ in servers.values():  # untimed: first-call costs, the prefix cache
             asyncio.run(run_load(url, None, args.concurrency, requests_per_client=1,
                                  max_tokens=16, ban_tokens=ban))

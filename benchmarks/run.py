@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import signal
 import socket
 import statistics
@@ -147,7 +148,7 @@ def chatd_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     for extra in args.serve_arg:
-        cmd += extra.split()
+        cmd += shlex.split(extra)  # as a shell would: a quoted argument survives
     with server_process("chatd serve", cmd, port, args.startup_timeout) as served:
         yield served
 
