@@ -136,9 +136,12 @@ def default_threads() -> int:
     return max(1, count or 1)
 
 
-class LlamaModel:
-    """A loaded GGUF model with one context: one KV cell pool that all sequences share,
-    or one stream per sequence (`LlamaSettings.kv_unified`; engine/streams.py)."""
+class LlamaContext:
+    """A loaded GGUF model with one context and its batch: decode and KV cache ops.
+
+    The served model is a `LlamaModel`; a second, bare context runs prompts through
+    dense weights (engine/prompts.py) and needs no vocabulary tables.
+    """
 
     def __init__(self, path: Path, settings: LlamaSettings) -> None:
         init_backend()
@@ -167,21 +170,104 @@ class LlamaModel:
         cparams.no_perf = True
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
+            lc.llama_model_free(self._model)
+            self._model = None
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
         self._mem = lc.llama_get_memory(self._ctx)
         self.kv_cells = lc.llama_n_ctx(self._ctx)
         self.stream_cells = lc.llama_n_ctx_seq(self._ctx)  # cells one sequence may hold
 
         self._batch = lc.llama_batch_init(settings.n_batch, 0, 1)
-        self.n_embd = lc.llama_model_n_embd_inp(self._model)
+        self._batch_cap = settings.n_batch
         self._embd_batch: lc.llama_batch | None = None  # made for the first media rows
+
+    @property
+    def handle(self) -> lc.llama_model_p:
+        """The llama_model pointer (libmtmd loads a projector against it)."""
+        return self._model
+
+    @property
+    def n_params(self) -> int:
+        return int(lc.llama_model_n_params(self._model))
+
+    @property
+    def file_type(self) -> int:
+        """The weights' llama_ftype (LLAMA_FTYPE_MOSTLY_Q4_1, ...)."""
+        return int(lc.llama_model_ftype(self._model))
+
+    # ---- decoding ---------------------------------------------------------------
+
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int],
+               want_logits: list[bool]) -> None:
+        """One llama_decode over tokens of many sequences (the engine's single step)."""
+        n = len(tokens)
+        if n > self._batch_cap:
+            raise ValueError(f"batch of {n} tokens exceeds n_batch {self._batch_cap}")
+        b = self._batch
+        b.n_tokens = n
+        for i in range(n):
+            b.token[i] = tokens[i]
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_ids[i]
+            b.logits[i] = want_logits[i]
+        rc = lc.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise DecodeError(rc)
+
+    # ---- KV cache -----------------------------------------------------------------
+
+    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None:
+        lc.llama_memory_seq_rm(self._mem, seq_id, start, end)
+
+    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
+        lc.llama_memory_seq_cp(self._mem, src, dst, start, end)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return lc.llama_memory_seq_pos_max(self._mem, seq_id)
+
+    def clear(self) -> None:
+        # Cell contents need no zeroing: attention skips every cell no sequence holds.
+        lc.llama_memory_clear(self._mem, False)
+
+    def seq_save(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
+        """A byte copy of one sequence's KV cells (positions and data, in cell order)."""
+        size = lc.llama_state_seq_get_size(self._ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(self._ctx, buf, size, seq_id) != size:
+            raise RuntimeError(f"could not save the KV cells of sequence {seq_id}")
+        return buf
+
+    def seq_restore(self, data: ctypes.Array[ctypes.c_uint8], seq_id: int) -> None:
+        """Put saved cells back under `seq_id`, in the same order, in the lowest free
+        cells from llama.cpp's allocation cursor; the bytes are unchanged."""
+        if lc.llama_state_seq_set_data(self._ctx, data, len(data), seq_id) != len(data):
+            raise RuntimeError(f"could not restore the KV cells of sequence {seq_id}")
+
+    def close(self) -> None:
+        if self._ctx:
+            lc.llama_batch_free(self._batch)
+            if self._embd_batch is not None:
+                lc.llama_batch_free(self._embd_batch)
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None
+
+
+class LlamaModel(LlamaContext):
+    """The served model: a context plus its vocabulary, logits and media rows."""
+
+    def __init__(self, path: Path, settings: LlamaSettings) -> None:
+        super().__init__(path, settings)
+        self.n_embd = lc.llama_model_n_embd_inp(self._model)
         # llama_get_logits_ith returning a bare address, and one numpy view per address
         # seen: building a view through ctypes costs ~20 us a row with cold caches.
         self._logits_ith = lc.llama_cpp._lib["llama_get_logits_ith"]
         self._logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         self._logits_ith.restype = ctypes.c_void_p
         self._row_views: dict[int, np.ndarray] = {}
-        self._batch_cap = settings.n_batch
         self.bos_id = lc.llama_vocab_bos(self._vocab)
         self.eos_id = lc.llama_vocab_eos(self._vocab)
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
@@ -271,24 +357,6 @@ class LlamaModel:
 
     # ---- decoding ---------------------------------------------------------------
 
-    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int],
-               want_logits: list[bool]) -> None:
-        """One llama_decode over tokens of many sequences (the engine's single step)."""
-        n = len(tokens)
-        if n > self._batch_cap:
-            raise ValueError(f"batch of {n} tokens exceeds n_batch {self._batch_cap}")
-        b = self._batch
-        b.n_tokens = n
-        for i in range(n):
-            b.token[i] = tokens[i]
-            b.pos[i] = positions[i]
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq_ids[i]
-            b.logits[i] = want_logits[i]
-        rc = lc.llama_decode(self._ctx, b)
-        if rc != 0:
-            raise DecodeError(rc)
-
     def decode_embeddings(self, rows: np.ndarray, start: int, seq_id: int, *,
                           want_last_logits: bool, causal: bool = True) -> None:
         """One llama_decode of embedding rows (an image or audio chunk's, from libmtmd)
@@ -317,11 +385,6 @@ class LlamaModel:
                 lc.llama_set_causal_attn(self._ctx, True)
         if rc != 0:
             raise DecodeError(rc)
-
-    @property
-    def handle(self) -> lc.llama_model_p:
-        """The llama_model pointer (libmtmd loads a projector against it)."""
-        return self._model
 
     def logits_row(self, batch_index: int) -> np.ndarray:
         """A zero-copy view of one output row; valid until the next decode.
@@ -353,43 +416,3 @@ class LlamaModel:
             block = (ctypes.c_float * (self.n_vocab * len(addrs))).from_address(first)
             return np.ctypeslib.as_array(block).reshape(len(addrs), self.n_vocab)
         return np.stack([self.logits_row(i) for i in batch_indices])
-
-    # ---- KV cache -----------------------------------------------------------------
-
-    def seq_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None:
-        lc.llama_memory_seq_rm(self._mem, seq_id, start, end)
-
-    def seq_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
-        lc.llama_memory_seq_cp(self._mem, src, dst, start, end)
-
-    def seq_pos_max(self, seq_id: int) -> int:
-        return lc.llama_memory_seq_pos_max(self._mem, seq_id)
-
-    def clear(self) -> None:
-        # Cell contents need no zeroing: attention skips every cell no sequence holds.
-        lc.llama_memory_clear(self._mem, False)
-
-    def seq_save(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
-        """A byte copy of one sequence's KV cells (positions and data, in cell order)."""
-        size = lc.llama_state_seq_get_size(self._ctx, seq_id)
-        buf = (ctypes.c_uint8 * size)()
-        if lc.llama_state_seq_get_data(self._ctx, buf, size, seq_id) != size:
-            raise RuntimeError(f"could not save the KV cells of sequence {seq_id}")
-        return buf
-
-    def seq_restore(self, data: ctypes.Array[ctypes.c_uint8], seq_id: int) -> None:
-        """Put saved cells back under `seq_id`, in the same order, in the lowest free
-        cells from llama.cpp's allocation cursor; the bytes are unchanged."""
-        if lc.llama_state_seq_set_data(self._ctx, data, len(data), seq_id) != len(data):
-            raise RuntimeError(f"could not restore the KV cells of sequence {seq_id}")
-
-    def close(self) -> None:
-        if self._ctx:
-            lc.llama_batch_free(self._batch)
-            if self._embd_batch is not None:
-                lc.llama_batch_free(self._embd_batch)
-            lc.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            lc.llama_model_free(self._model)
-            self._model = None
