@@ -52,14 +52,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "chatd" / "weights"
 
 
-def cache_path(info: ModelInfo, cache_dir: Path) -> Path:
-    """Where `info`'s Q8_0 copy lives: named after the source file, keyed by its path,
-    size, modification time and header, so a replaced file is re-encoded."""
+def cache_path(info: ModelInfo, cache_dir: Path, kind: str = "q8_0") -> Path:
+    """Where `info`'s copy of this kind lives: named after the source file, keyed by
+    its path, size, modification time and header, so a replaced file is re-encoded."""
     stat = info.path.stat()
     digest = hashlib.sha256(json.dumps(
         [str(info.path.resolve()), stat.st_size, stat.st_mtime_ns, info.metadata],
         sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return cache_dir / f"{info.path.name.removesuffix('.gguf')}.{digest}.q8_0.gguf"
+    return cache_dir / f"{info.path.name.removesuffix('.gguf')}.{digest}.{kind}.gguf"
 
 
 def served_weights(info: ModelInfo, mode: str, *, cache_dir: Path | None = None,
@@ -76,34 +76,46 @@ def served_weights(info: ModelInfo, mode: str, *, cache_dir: Path | None = None,
     described = f"Q8_0 (re-encoded from {stored})"
     if target.is_file():
         return target, described
-    _requantize(info.path, target, threads)
+    _requantize(info.path, target, threads, Q8_0_FILE_TYPE, "--weights q8_0")
     return target, described
 
 
-def _requantize(source: Path, target: Path, threads: int) -> None:
+def dense_copy(info: ModelInfo, file_type: int, *, cache_dir: Path | None = None,
+               threads: int = 0) -> Path:
+    """The file's weights written out as `file_type` (F16 or BF16), once, for the dense
+    prompt path (engine/prompts.py); later starts load the cached copy."""
+    kind = FILE_TYPE_NAMES.get(file_type, str(file_type)).lower()
+    target = cache_path(info, cache_dir or default_cache_dir(), kind)
+    if not target.is_file():
+        _requantize(info.path, target, threads, file_type, "--dense-prefill")
+    return target
+
+
+def _requantize(source: Path, target: Path, threads: int, file_type: int, flag: str) -> None:
     """Write `target` atomically: a start-up killed halfway leaves no half-written copy
     that a later start would load."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModelFileError(f"--weights q8_0 cannot create its cache directory "
+        raise ModelFileError(f"{flag} cannot create its cache directory "
                              f"{target.parent}: {exc.strerror or exc}") from exc
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = Q8_0_FILE_TYPE
+    params.ftype = file_type
     params.allow_requantize = True
     params.nthread = max(0, threads)
-    log.info("re-encoding %s as Q8_0 into %s (once; later starts reuse it)",
-             source.name, target.parent)
+    name = FILE_TYPE_NAMES.get(file_type, str(file_type))
+    log.info("writing %s's weights as %s into %s (once; later starts reuse it)",
+             source.name, name, target.parent)
     try:
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(),
                                                 params)
         if status != 0 or not partial.is_file():
-            raise ModelFileError(f"--weights q8_0: llama.cpp could not re-encode {source} "
-                                 f"(status {status}); serve it as stored instead")
+            raise ModelFileError(f"{flag}: llama.cpp could not write {source}'s weights as "
+                                 f"{name} (status {status})")
         os.replace(partial, target)
     except OSError as exc:
-        raise ModelFileError(f"--weights q8_0 cannot write {target}: "
+        raise ModelFileError(f"{flag} cannot write {target}: "
                              f"{exc.strerror or exc}") from exc
     finally:
         partial.unlink(missing_ok=True)
