@@ -35,6 +35,7 @@ lint: install-test
 bench: install-test
 	$(PY) -m benchmarks.run $(ARGS)
 	$(PY) -m benchmarks.constrained
+	$(PY) -m benchmarks.dense_prefill
 	$(PY) -m benchmarks.scenarios
 	$(PY) -m benchmarks.media
 

@@ -205,6 +205,12 @@ def add_weights_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) 
                         "where llama.cpp has no batched kernel for the file's type (Q4_1 "
                         "on AVX2) prompts and many sequences run much faster, at the cost "
                         "of a second rounding of the weights and ~1.5x their memory")
+    p.add_argument("--dense-prefill", choices=["auto", "on", "off"], default="auto",
+                   help="run prompts through a BF16 (or F16) copy of the weights, written "
+                        "once into --weights-cache, and decode on the file's own. auto "
+                        "(default): for Q4_1/Q5_1 files, which llama.cpp's CPU backend has "
+                        "no batched kernel for, on a CPU-only build, outside --deterministic, "
+                        "when the copy fits in a quarter of free memory")
     p.add_argument("--weights-cache", type=Path, default=None, metavar="DIR",
                    help="where --weights q8_0 keeps re-encoded files (default: "
                         "$XDG_CACHE_HOME/chatd/weights, else ~/.cache/chatd/weights)")
@@ -228,6 +234,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
         threads=args.threads, kv_cache=kv_cache_from_args(args), kv_layout=args.kv_layout,
         speculate=args.speculate, weights=args.weights, weights_cache=args.weights_cache,
+        dense_prefill=args.dense_prefill,
         mmproj=args.mmproj, media_fetch=args.media_fetch,
         media_max_bytes=args.media_max_bytes, media_timeout=args.media_timeout,
         max_n=args.max_n,

@@ -32,6 +32,8 @@ class Settings:
     weights: str = "stored"            # "stored": as the file has them; "q8_0": re-encoded
                                        # once (models/requantize.py), cached in weights_cache
     weights_cache: Path | None = None  # None: $XDG_CACHE_HOME/chatd/weights
+    dense_prefill: str = "auto"        # prompts through a BF16/F16 copy (engine/prompts.py):
+                                       # "auto" where it pays, "on", "off"
     speculate: str = "ngram"           # prompt-lookup drafts: "ngram" (when they pay),
                                        # "always", "off"
     max_n: int = 8                     # largest `n` one request may ask for

@@ -32,12 +32,20 @@ from chatd.engine.llama import (
     LlamaModel,
     LlamaSettings,
     default_threads,
+    gpu_offload_supported,
     init_backend,
 )
 from chatd.engine.multimodal import MediaError, Projector
+from chatd.engine.prompts import (
+    PromptRunner,
+    auto_reason,
+    dense_bytes,
+    dense_file_type,
+    plain_cache,
+)
 from chatd.engine.sampling import SAMPLER_VERSION
 from chatd.models.registry import ModelFileError, ModelInfo, load_model_info
-from chatd.models.requantize import served_weights
+from chatd.models.requantize import FILE_TYPE_NAMES, dense_copy, served_weights
 from chatd.store import CompletionStore
 from chatd.webui.routes import install as install_webui
 
@@ -73,6 +81,8 @@ class Runtime:
         self.engine.stop()
         if self.engine.projector is not None:
             self.engine.projector.close()
+        if self.engine.prompts is not None:
+            self.engine.prompts.close()
         self.model.close()
 
 
@@ -119,11 +129,14 @@ def build_runtime(settings: Settings) -> Runtime:
         raise ConfigError(str(exc)) from exc
     model = LlamaModel(weights_path, llama)
     projector = _load_projector(settings, model)
+    prompts = _prompt_runner(settings, info, model, ctx_size)
+    if prompts is not None:
+        weights += f" (prompts through a {prompts.kind} copy)"
     engine = Engine(model, EngineConfig(
         max_running=settings.max_sequences, n_slots=n_slots, ctx_size=ctx_size,
         batch_tokens=batch_tokens, prefill_chunk=max(1, settings.prefill_chunk),
         epoch_cells=max(ctx_size, 8192), park_cells=settings.parked_cells,
-        speculate=settings.speculate), projector)
+        speculate=settings.speculate), projector, prompts)
     template_source = info.chat_template
     if template_source is None:
         log.warning("%s has no chat template in its metadata; using the built-in ChatML "
@@ -142,11 +155,47 @@ def build_runtime(settings: Settings) -> Runtime:
         "ctx_size": ctx_size, "kv_cells": kv_cells, "batch_tokens": batch_tokens,
         "kv_cache": settings.kv_cache, "kv_layout": "split" if streams else "unified",
         "weights": settings.weights,
+        "dense_prefill": prompts.kind if prompts is not None else "off",
         "mmproj": settings.mmproj.name if settings.mmproj else None,
         "chatd": __version__, "llama_cpp": llama_cpp.__version__, "sampler": SAMPLER_VERSION,
     })
     return Runtime(settings, info, model, engine, chat, info.name, ctx_size, fingerprint,
                    weights)
+
+
+def _prompt_runner(settings: Settings, info: ModelInfo, model: LlamaModel,
+                   ctx_size: int) -> PromptRunner | None:
+    """The dense prompt path (engine/prompts.py) that `--dense-prefill` asks for."""
+    mode = settings.dense_prefill
+    if mode == "off":
+        return None
+    if not plain_cache(model):
+        if mode == "on":
+            raise ConfigError("--dense-prefill on: this model's memory is not one plain KV "
+                              "cache (sliding-window or recurrent layers)")
+        return None
+    if settings.deterministic:
+        if mode == "on":
+            raise ConfigError("--dense-prefill on cannot keep --deterministic's guarantee "
+                              "(a cached answer's cells against recomputed ones); drop one")
+        return None
+    if mode == "auto":
+        reason = auto_reason(model.file_type, dense_bytes(model, ctx_size),
+                             gpu=gpu_offload_supported(), deterministic=False)
+        if reason is not None:
+            log.info("prompts run on the served weights: %s", reason)
+            return None
+    file_type = dense_file_type()
+    try:
+        path = dense_copy(info, file_type, cache_dir=settings.weights_cache,
+                          threads=settings.threads or default_threads())
+        return PromptRunner(path, model.settings, ctx_size,
+                            FILE_TYPE_NAMES.get(file_type, str(file_type)))
+    except (ModelFileError, RuntimeError) as exc:
+        if mode == "on":
+            raise ConfigError(str(exc)) from exc
+        log.warning("prompts run on the served weights: %s", exc)
+        return None
 
 
 def kv_streams(settings: Settings, ctx_size: int, kv_cells: int,

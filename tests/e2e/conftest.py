@@ -7,9 +7,11 @@ when a test asks for it. Every helper here talks to the server over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +33,10 @@ STARTUP_TIMEOUT_S = 120.0
 # threads slow down badly when they cannot all run at once).
 EXTRA_SERVER_ARGS = os.environ.get("CHATD_E2E_SERVER_ARGS", "").split()
 AUTH_KEY = "test-key-123"
+# Weight copies the servers write (`--dense-prefill`, `--weights q8_0`) go to one
+# directory for the session, never the user's cache; the first server writes, the rest reuse.
+WEIGHTS_CACHE = Path(tempfile.mkdtemp(prefix="chatd-e2e-weights-"))
+atexit.register(shutil.rmtree, WEIGHTS_CACHE, True)
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
@@ -67,8 +73,11 @@ class ServerProcess:
         # The suite asserts that a seed reproduces text under load, which is what
         # batch-invariant mode guarantees; test_default_mode.py runs the default cache.
         mode = [] if "--kv-cache" in extra_args else ["--deterministic"]
+        cache = ([] if "--weights-cache" in extra_args
+                 else ["--weights-cache", str(WEIGHTS_CACHE)])
         cmd = [sys.executable, "-m", "chatd", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), *store, *mode, *extra_args, *EXTRA_SERVER_ARGS]
+               "--port", str(self.port), *store, *mode, *cache, *extra_args,
+               *EXTRA_SERVER_ARGS]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -134,6 +143,19 @@ def running_server(extra_args: list[str]) -> Iterator[ServerProcess]:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 Path(f"{server.store_path}{suffix}").unlink()
+
+
+def start_up_error(extra_args: list[str], timeout: float = 60.0) -> str:
+    """Start a server that must refuse to start; the tail of what it logged, checked
+    to be one line for a person, not a traceback."""
+    server = ServerProcess(extra_args)
+    try:
+        assert server.proc.wait(timeout=timeout) != 0
+        tail = server.log_tail(20)
+        assert "Traceback" not in tail
+        return tail
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

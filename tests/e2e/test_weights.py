@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     concurrent_stops_limits_and_schemas,
     openai_client,
     running_server,
+    start_up_error,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -102,15 +103,9 @@ def test_a_later_start_reuses_the_cached_file(q8_server: ServerProcess,
 def test_an_unusable_cache_directory_is_a_one_line_start_up_error(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    server = ServerProcess([*ARGS, "--weights", "q8_0", "--weights-cache",
-                            str(blocker / "cache")])
-    try:
-        assert server.proc.wait(timeout=60) != 0
-        tail = server.log_tail(20)
-        assert "--weights q8_0 cannot create its cache directory" in tail
-        assert "Traceback" not in tail
-    finally:
-        server.stop()
+    tail = start_up_error([*ARGS, "--weights", "q8_0", "--weights-cache",
+                           str(blocker / "cache")])
+    assert "--weights q8_0 cannot create its cache directory" in tail
 
 
 def test_the_terminal_chat_serves_the_same_copy_in_process(q8: openai.OpenAI, model_id: str,

@@ -93,6 +93,14 @@ class _LiveGauges(Collector):
                                   "Engine thread time in steps outside llama_decode "
                                   "(planning, sampling, handing tokens over).",
                                   value=stats.get("engine_host_seconds", 0.0))
+        yield CounterMetricFamily("chatd_dense_prefill_tokens",
+                                  "Prompt tokens computed through the dense copy of the "
+                                  "weights (--dense-prefill).",
+                                  value=stats.get("dense_prefill_tokens", 0))
+        yield CounterMetricFamily("chatd_dense_prefill_seconds",
+                                  "Engine thread time computing prompts through the dense "
+                                  "copy, moving their cells included.",
+                                  value=stats.get("dense_prefill_seconds", 0.0))
 
 
 class Metrics:

@@ -23,6 +23,7 @@ import numpy as np
 from chatd.engine.constraint import GrammarCompiler
 from chatd.engine.llama import DecodeError, LlamaModel
 from chatd.engine.multimodal import MediaEncoder, MediaSpan, Projector
+from chatd.engine.prompts import MIN_TOKENS, PREFIX_RATIO, PromptRunner
 from chatd.engine.sampling import Sampler, log_softmax_at, sample_plain, top_ids
 from chatd.engine.scheduler import MediaPiece, Scheduler, StepPlan
 from chatd.engine.sequence import Group, Sequence, Status, deliver
@@ -124,8 +125,11 @@ def _scheduler(model: LlamaModel, config: EngineConfig) -> Scheduler:
 
 class Engine:
     def __init__(self, model: LlamaModel, config: EngineConfig,
-                 projector: Projector | None = None) -> None:
+                 projector: Projector | None = None,
+                 prompts: PromptRunner | None = None) -> None:
         self.model = model
+        self.prompts = prompts  # prefills prompts through dense weights (prompts.py)
+        self._dense_budget = config.prefill_chunk  # its tokens per step while others decode
         self.config = config
         self.grammars = GrammarCompiler(model)
         self.scheduler = _scheduler(model, config)
@@ -229,6 +233,9 @@ class Engine:
             "spec_drafted_tokens": self.drafted_tokens,
             "spec_accepted_tokens": self.accepted_tokens,
             "engine_decode_seconds": round(self.decode_seconds, 6),
+            **({"dense_prefill_tokens": self.prompts.tokens,
+                "dense_prefill_seconds": round(self.prompts.seconds, 6)}
+               if self.prompts is not None else {}),
             "engine_host_seconds": round(self.host_seconds, 6),
             **({"media_encoded": self.encoder.encoded,
                 "media_encode_seconds": round(self.encoder.seconds, 6),
@@ -253,6 +260,10 @@ class Engine:
             for group in sched.admit():
                 if group.cancel_all:  # gave up while queued
                     self._finish_group(group, "abort")
+                else:
+                    self._route_prompt(group.seqs[0])
+            if self.prompts is not None:
+                began = self._dense_step(began)
             plan = sched.plan(self._draft if self._speculating() else None)
             for span in plan.awaiting:
                 self._encode(span)
@@ -261,7 +272,7 @@ class Engine:
                 self._media_step(plan.media)  # counted in media_decode_seconds
                 began = time.perf_counter()
             if not plan.tokens:
-                if plan.media is None:
+                if plan.media is None and not self._dense_waiting():
                     self._wake.wait()  # nothing to run, or waiting for an encode
                     self._wake.clear()
                 continue
@@ -325,6 +336,78 @@ class Engine:
         if last:
             self._sample(sub, decoded)
         seq.group.flush()
+
+    # ---- prompts through dense weights (prompts.py) -----------------------------------
+
+    def _route_prompt(self, seq: Sequence) -> None:
+        """Send an admitted prompt to the dense runner when it has enough new tokens
+        to pay for copying its cached prefix there and the new cells back."""
+        if self.prompts is None or self.prompts.broken or seq.group.request.media:
+            return
+        new = seq.pending - 1  # the last prompt token runs on the served weights
+        if new >= MIN_TOKENS and new * PREFIX_RATIO >= seq.n_cached:
+            seq.status = Status.DENSE
+
+    def _dense_waiting(self) -> bool:
+        return any(s.status is Status.DENSE for s in self.scheduler.running)
+
+    def _dense_step(self, began: float) -> float:
+        """One chunk of the oldest dense prompt; when it is all in, its cells join the
+        sequence's slot and its last token waits for the next step. Returns the new
+        start of host time (the chunk is counted in `dense_prefill_seconds`)."""
+        runner = self.prompts
+        assert runner is not None
+        seq = runner.seq
+        if seq is not None and seq.status is not Status.DENSE:
+            runner.drop()  # cancelled meanwhile
+            seq = None
+        fresh = seq is None
+        if seq is None:
+            seq = next((s for s in self.scheduler.running if s.status is Status.DENSE), None)
+            if seq is None:
+                return began
+        decoding = any(s.status is Status.DECODE for s in self.scheduler.running)
+        budget = self._dense_budget if decoding else runner.batch_tokens
+        self.host_seconds += time.perf_counter() - began
+        started = time.perf_counter()
+        try:
+            if fresh:  # its cached prefix, if any, is copied in: prompt rows attend to it
+                runner.begin(seq, self.model.seq_save(seq.slot) if seq.n_cached else None)
+            count = runner.end - seq.n_cached
+            finished = runner.advance(budget)
+            data = runner.cells(whole=self.scheduler.ADOPTS_WHOLE) if finished else None
+        except Exception:
+            # The dense context failed (a llama.cpp error): nothing has touched the
+            # served cache yet, so this prompt goes through the served weights instead.
+            log.exception("dense prefill failed; prefilling on the served weights")
+            runner.drop()
+            seq.status = Status.PREFILL
+            return time.perf_counter()
+        elapsed = time.perf_counter() - started
+        runner.seconds += elapsed
+        if decoding and self._decode_step_s is not None:
+            # The chunk runs between two decode steps, so the other streams' gap is a
+            # step plus the chunk: keep the chunk near one step, and the gap within ~2x
+            # a step, as _pace_prefill keeps a mixed step.
+            if elapsed > 1.2 * self._decode_step_s:
+                self._dense_budget = max(MIN_TOKENS, self._dense_budget // 2)
+            elif elapsed < 0.6 * self._decode_step_s:
+                self._dense_budget = min(runner.batch_tokens, self._dense_budget * 2)
+        if data is not None:
+            runner.drop()
+            try:
+                self.scheduler.adopt(seq, count, data)
+            except Exception:
+                # The served cache refused the cells (a restore may already have
+                # emptied the sequence's stream): this request fails, and later
+                # prompts stay on the served weights.
+                log.exception("moving a dense prefill's cells failed; dense prefill is off")
+                runner.broken = True
+                self.scheduler.discard(seq)
+                self._finish_group(seq.group, "error", "internal error while prefilling")
+                return time.perf_counter()
+            seq.status = Status.PREFILL
+        return time.perf_counter()
 
     def _repack(self) -> None:
         try:

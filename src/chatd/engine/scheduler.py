@@ -669,6 +669,26 @@ class Scheduler:
         if left is not None:
             self._reserved[id(seq)] = max(0, left - count)
 
+    ADOPTS_WHOLE = False  # adopt() takes only the new cells (streams: the whole sequence)
+
+    def adopt(self, seq: Sequence, count: int, data: Any) -> None:
+        """Append `count` prompt tokens computed in another context (engine/prompts.py):
+        `data` holds their cells, saved there. They are restored at the allocation
+        cursor under the scratch id and joined to the slot, as a repack does a tail."""
+        slot = self.slots[seq.slot]
+        self.kv.seq_restore(data, self.scratch)
+        try:
+            self.kv.seq_copy(self.scratch, slot.id, -1, -1)
+        finally:
+            self.kv.seq_remove(self.scratch, 0, -1)
+        self._adopted(slot, seq, count)
+
+    def _adopted(self, slot: Slot, seq: Sequence, count: int) -> None:
+        slot.tokens.extend(seq.tokens[seq.n_cached:seq.n_cached + count])
+        self._placed(slot, seq, count)
+        seq.n_cached += count
+        slot.last_used = next(_clock)
+
     def fork(self, leader: Sequence) -> list[Sequence]:
         """After the leader's prompt is cached, siblings share its cells."""
         siblings = [s for s in leader.group.seqs if s.status is Status.FORKING]

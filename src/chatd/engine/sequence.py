@@ -20,6 +20,7 @@ _group_ids = itertools.count(1)
 class Status(enum.Enum):
     WAITING = "waiting"    # queued, no slot
     PREFILL = "prefill"    # prompt being written into its slot, chunk by chunk
+    DENSE = "dense"        # prompt queued for, or being run by, the dense runner (prompts.py)
     FORKING = "forking"    # n > 1 sibling waiting for the leader's prompt
     DECODE = "decode"      # one token per step
     FINISHED = "finished"

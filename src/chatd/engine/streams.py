@@ -25,6 +25,7 @@ Policy, on top of the shared scheduler's admission and step plan:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from chatd.engine.scheduler import DRAFT_ROWS, KVOps, Scheduler, Slot, StepPlan, continues
 from chatd.engine.sequence import Group, Sequence
@@ -102,6 +103,14 @@ class StreamScheduler(Scheduler):
         if len(slot.tokens) > start:
             self.kv.seq_remove(slot.id, start, -1)
             del slot.tokens[start:]
+
+    ADOPTS_WHOLE = True
+
+    def adopt(self, seq: Sequence, count: int, data: Any) -> None:
+        """`data` is the whole sequence (the prefix it was given and the new cells):
+        restoring a stream replaces what it held, and the prefix bytes are the same."""
+        self.kv.seq_restore(data, seq.slot)
+        self._adopted(self.slots[seq.slot], seq, count)
 
     def _placed(self, slot: Slot, seq: Sequence, count: int) -> None:
         pass  # where llama.cpp puts a stream's cells matters to nothing here
