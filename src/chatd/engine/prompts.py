@@ -6,9 +6,8 @@ one dot product per row, no faster than decoding. Its F16 and BF16 kernels are r
 GEMMs: on the 2-core AVX-512 test machine the bundled model's weights written out as
 BF16 processed a 512-token prompt 3.5x faster (`llama-bench` pp512: 1,576 against 454
 tok/s), while one decoding row was ~15% slower (more bytes per token). That is the
-split vLLM makes for AWQ (dequantize and run a GEMM for large batches) and
-llama.cpp's CUDA backend makes above 32 rows: prompts go through a dense copy of the
-same weights, decoding stays on the file's own.
+split vLLM makes for AWQ (dequantize and run a GEMM from 256 tokens up): prompts go
+through a dense copy of the same weights, decoding stays on the file's own.
 
 How a prompt goes: the engine hands a sequence's prompt, all but its last token, to
 this runner. Its cached prefix, if any, is copied in (KV bytes, ~23 KB a token for
