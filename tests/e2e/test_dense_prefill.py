@@ -105,6 +105,18 @@ def test_a_repeated_request_gives_the_same_text(dense_server: ServerProcess,
             assert again.choices[0].message.content == first.choices[0].message.content
 
 
+def test_n_choices_share_one_dense_prompt(dense_server: ServerProcess,
+                                          client: openai.OpenAI, model_id: str) -> None:
+    before = health(dense_server)["dense_prefill_tokens"]
+    r = ask(client, model_id, [{"role": "user", "content": fresh_text(400, 41)}],
+            max_tokens=12, temperature=1.0, seed=5, n=3, logit_bias=NO_EOG)
+    assert len(r.choices) == 3
+    assert all(c.finish_reason == "length" for c in r.choices)
+    assert r.usage.completion_tokens == 36
+    new = r.usage.prompt_tokens - r.usage.prompt_tokens_details.cached_tokens
+    assert health(dense_server)["dense_prefill_tokens"] - before == new - 1
+
+
 def test_a_chats_next_turn_brings_its_prefix_along(dense_server: ServerProcess,
                                                    client: openai.OpenAI,
                                                    model_id: str) -> None:
