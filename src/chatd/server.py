@@ -174,14 +174,13 @@ def _prompt_runner(settings: Settings, info: ModelInfo, model: LlamaModel,
             raise ConfigError("--dense-prefill on: this model's memory is not one plain KV "
                               "cache (sliding-window or recurrent layers)")
         return None
-    if settings.deterministic:
-        if mode == "on":
-            raise ConfigError("--dense-prefill on cannot keep --deterministic's guarantee "
-                              "(a cached answer's cells against recomputed ones); drop one")
-        return None
+    if settings.deterministic and mode == "on":
+        raise ConfigError("--dense-prefill on cannot keep --deterministic's guarantee "
+                          "(a cached answer's cells against recomputed ones); drop one")
     if mode == "auto":
         reason = auto_reason(model.file_type, dense_bytes(model, ctx_size),
-                             gpu=gpu_offload_supported(), deterministic=False)
+                             gpu=gpu_offload_supported(),
+                             deterministic=settings.deterministic)
         if reason is not None:
             log.info("prompts run on the served weights: %s", reason)
             return None

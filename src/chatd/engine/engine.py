@@ -58,6 +58,17 @@ class EngineConfig:
     speculate_max_running: int = 4  # beyond this, extra rows cost more than they save
 
 
+def paced(budget: int, steps: float, *, above: float, below: float, floor: int,
+          cap: int) -> int:
+    """A prompt-token budget after a step that took `steps` decode steps' time: halved
+    above `above`, doubled below `below`, within [floor, cap]."""
+    if steps > above:
+        return max(floor, budget // 2)
+    if steps < below:
+        return min(cap, budget * 2)
+    return budget
+
+
 class EngineStopped(RuntimeError):
     pass
 
@@ -389,10 +400,9 @@ class Engine:
             # The chunk runs between two decode steps, so the other streams' gap is a
             # step plus the chunk: keep the chunk near one step, and the gap within ~2x
             # a step, as _pace_prefill keeps a mixed step.
-            if elapsed > 1.2 * self._decode_step_s:
-                self._dense_budget = max(MIN_TOKENS, self._dense_budget // 2)
-            elif elapsed < 0.6 * self._decode_step_s:
-                self._dense_budget = min(runner.batch_tokens, self._dense_budget * 2)
+            self._dense_budget = paced(self._dense_budget, elapsed / self._decode_step_s,
+                                       above=1.2, below=0.6, floor=MIN_TOKENS,
+                                       cap=runner.batch_tokens)
         if data is not None:
             runner.drop()
             try:
@@ -434,11 +444,9 @@ class Engine:
             self._decode_step_s = (seconds if self._decode_step_s is None
                                    else 0.8 * self._decode_step_s + 0.2 * seconds)
         elif self._decode_step_s is not None:
-            if seconds > 2.0 * self._decode_step_s:
-                sched.prefill_budget = max(1, sched.prefill_budget // 2)
-            elif seconds < 1.5 * self._decode_step_s:
-                sched.prefill_budget = min(self.config.prefill_chunk,
-                                           sched.prefill_budget * 2)
+            sched.prefill_budget = paced(sched.prefill_budget, seconds / self._decode_step_s,
+                                         above=2.0, below=1.5, floor=1,
+                                         cap=self.config.prefill_chunk)
 
     def _speculating(self) -> bool:
         if self.config.speculate not in ("ngram", "always"):

@@ -98,19 +98,21 @@ def reframe(data: ctypes.Array[ctypes.c_uint8], streams: int) -> ctypes.Array[ct
     empty streams' zero counts change.
     """
     raw = memoryview(data).cast("B")
-    head, at = raw[:8], 8
-    n = int.from_bytes(raw[at:at + 4], "little")
-    counts = at + 4
-    k = 0
-    while k < n and raw[counts + 4 * k:counts + 4 * k + 4] == bytes(4):
+    n = int.from_bytes(raw[8:12], "little")
+    k = 0  # the stream that holds the cells
+    while k < n and raw[12 + 4 * k:16 + 4 * k] == bytes(4):
         k += 1
     after = 4 * (n - k - 1) if k < n else 0
     if raw[len(raw) - after:] != bytes(after):
         raise ValueError("the saved cells span more than one stream")
-    body = bytes(raw[counts + 4 * k:len(raw) - after]) if k < n else b""
-    zeros = streams - (1 if body else 0)
-    out = bytes(head) + streams.to_bytes(4, "little") + body + bytes(4 * zeros)
-    return (ctypes.c_uint8 * len(out)).from_buffer_copy(out)
+    body = raw[12 + 4 * k:len(raw) - after] if k < n else raw[:0]
+    zeros = streams - (1 if len(body) else 0)
+    out = (ctypes.c_uint8 * (12 + len(body) + 4 * zeros))()  # zero-filled
+    view = memoryview(out).cast("B")
+    view[:8] = raw[:8]  # magic and sequence id
+    view[8:12] = streams.to_bytes(4, "little")
+    view[12:12 + len(body)] = body  # the one copy of the cells
+    return out
 
 
 def dense_bytes(model: LlamaContext, cells: int) -> int:
