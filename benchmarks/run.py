@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,10 @@ from chatd.bench.loadgen import (
     run_client,
     run_load,
 )
+from chatd.engine.llama import default_threads, gpu_offload_supported
+from chatd.engine.prompts import SLOW_PROMPT_FILE_TYPES, dense_file_type
+from chatd.models.registry import load_model_info
+from chatd.models.requantize import dense_copy
 
 
 def _free_port() -> int:
@@ -472,11 +477,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def batch_copy(args: argparse.Namespace) -> Path | None:
+    """The dense copy that a server with these arguments decodes steps of 2+ sequences
+    on (`--dense-decode auto`, engine/weights.py), else None: a batch's ceiling is
+    measured on the weights the server runs it on."""
+    served = " ".join(args.serve_arg)
+    if "--dense-decode off" in served or "--deterministic" in served or \
+            gpu_offload_supported():
+        return None
+    info = load_model_info(args.model, None)
+    if int(info.metadata.get("general.file_type", -1)) not in SLOW_PROMPT_FILE_TYPES:
+        return None
+    return dense_copy(info, dense_file_type(), threads=args.threads or default_threads())
+
+
 def _measure_ceiling(batch_sizes: list[int], args: argparse.Namespace) -> CeilingResult:
-    return measure_ceiling(args.model, batch_sizes, prompt_tokens=args.ceiling_prompt_tokens,
-                           steps=args.ceiling_steps or args.max_tokens,
-                           reps=args.ceiling_reps, n_threads=args.threads or None,
-                           progress=True)
+    def measure(model: Path | None, sizes: list[int]) -> CeilingResult:
+        return measure_ceiling(model, sizes, prompt_tokens=args.ceiling_prompt_tokens,
+                               steps=args.ceiling_steps or args.max_tokens,
+                               reps=args.ceiling_reps, n_threads=args.threads or None,
+                               progress=True)
+
+    copy = batch_copy(args)
+    if copy is None or batch_sizes == [1]:
+        return measure(args.model, batch_sizes)
+    one = measure(args.model, [1])
+    batches = measure(copy, [b for b in batch_sizes if b > 1])
+    return replace(one, model=f"{one.model} (B=1); {batches.model} (B>1)",
+                   decode=[*one.decode, *batches.decode])
 
 
 def main(argv: list[str] | None = None) -> int:

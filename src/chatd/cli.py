@@ -211,6 +211,12 @@ def add_weights_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) 
                         "(default): for Q4_1/Q5_1 files, which llama.cpp's CPU backend has "
                         "no batched kernel for, on a CPU-only build, outside --deterministic, "
                         "when the copy fits in a quarter of free memory")
+    p.add_argument("--dense-decode", choices=["auto", "on", "off"], default="auto",
+                   help="decode steps of two or more sequences through that copy too (a "
+                        "second KV cache of --kv-cells beside it), and a lone sequence on "
+                        "the file's weights. auto (default): where --dense-prefill auto "
+                        "would go on, when the copy and both caches fit in a quarter of "
+                        "free memory")
     p.add_argument("--weights-cache", type=Path, default=None, metavar="DIR",
                    help="where --weights q8_0 keeps re-encoded files (default: "
                         "$XDG_CACHE_HOME/chatd/weights, else ~/.cache/chatd/weights)")
@@ -234,7 +240,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         batch_tokens=args.batch_tokens, prefill_chunk=args.prefill_chunk,
         threads=args.threads, kv_cache=kv_cache_from_args(args), kv_layout=args.kv_layout,
         speculate=args.speculate, weights=args.weights, weights_cache=args.weights_cache,
-        dense_prefill=args.dense_prefill,
+        dense_prefill=args.dense_prefill, dense_decode=args.dense_decode,
         mmproj=args.mmproj, media_fetch=args.media_fetch,
         media_max_bytes=args.media_max_bytes, media_timeout=args.media_timeout,
         max_n=args.max_n,

@@ -34,6 +34,8 @@ class Settings:
     weights_cache: Path | None = None  # None: $XDG_CACHE_HOME/chatd/weights
     dense_prefill: str = "auto"        # prompts through a BF16/F16 copy (engine/prompts.py):
                                        # "auto" where it pays, "on", "off"
+    dense_decode: str = "auto"         # steps of 2+ sequences through that copy
+                                       # (engine/weights.py): "auto", "on", "off"
     speculate: str = "ngram"           # prompt-lookup drafts: "ngram" (when they pay),
                                        # "always", "off"
     max_n: int = 8                     # largest `n` one request may ask for

@@ -29,6 +29,7 @@ from chatd.engine.engine import Engine, EngineConfig
 from chatd.engine.llama import (
     INVARIANT_KV_CACHE_TYPE,
     KV_CACHE_TYPE,
+    LlamaContext,
     LlamaModel,
     LlamaSettings,
     default_threads,
@@ -44,6 +45,7 @@ from chatd.engine.prompts import (
     plain_cache,
 )
 from chatd.engine.sampling import SAMPLER_VERSION
+from chatd.engine.weights import WeightSwitch
 from chatd.models.registry import ModelFileError, ModelInfo, load_model_info
 from chatd.models.requantize import FILE_TYPE_NAMES, dense_copy, served_weights
 from chatd.store import CompletionStore
@@ -83,6 +85,8 @@ class Runtime:
             self.engine.projector.close()
         if self.engine.prompts is not None:
             self.engine.prompts.close()
+        if self.engine.weights is not None:
+            self.engine.weights.close()
         self.model.close()
 
 
@@ -129,14 +133,16 @@ def build_runtime(settings: Settings) -> Runtime:
         raise ConfigError(str(exc)) from exc
     model = LlamaModel(weights_path, llama)
     projector = _load_projector(settings, model)
-    prompts = _prompt_runner(settings, info, model, ctx_size)
-    if prompts is not None:
-        weights += f" (prompts through a {prompts.kind} copy)"
+    prompts, switch = _dense_paths(settings, info, model, ctx_size)
+    if prompts is not None or switch is not None:
+        kind = prompts.kind if prompts is not None else switch.kind  # type: ignore[union-attr]
+        uses = " and ".join(use for use, on in (("prompts", prompts), ("batches", switch)) if on)
+        weights += f" ({uses} through a {kind} copy)"
     engine = Engine(model, EngineConfig(
         max_running=settings.max_sequences, n_slots=n_slots, ctx_size=ctx_size,
         batch_tokens=batch_tokens, prefill_chunk=max(1, settings.prefill_chunk),
         epoch_cells=max(ctx_size, 8192), park_cells=settings.parked_cells,
-        speculate=settings.speculate), projector, prompts)
+        speculate=settings.speculate), projector, prompts, switch)
     template_source = info.chat_template
     if template_source is None:
         log.warning("%s has no chat template in its metadata; using the built-in ChatML "
@@ -156,6 +162,7 @@ def build_runtime(settings: Settings) -> Runtime:
         "kv_cache": settings.kv_cache, "kv_layout": "split" if streams else "unified",
         "weights": settings.weights,
         "dense_prefill": prompts.kind if prompts is not None else "off",
+        "dense_decode": switch.kind if switch is not None else "off",
         "mmproj": settings.mmproj.name if settings.mmproj else None,
         "chatd": __version__, "llama_cpp": llama_cpp.__version__, "sampler": SAMPLER_VERSION,
     })
@@ -163,38 +170,51 @@ def build_runtime(settings: Settings) -> Runtime:
                    weights)
 
 
-def _prompt_runner(settings: Settings, info: ModelInfo, model: LlamaModel,
-                   ctx_size: int) -> PromptRunner | None:
-    """The dense prompt path (engine/prompts.py) that `--dense-prefill` asks for."""
-    mode = settings.dense_prefill
-    if mode == "off":
-        return None
+def _dense_paths(settings: Settings, info: ModelInfo, model: LlamaModel, ctx_size: int
+                 ) -> tuple[PromptRunner | None, WeightSwitch | None]:
+    """What `--dense-prefill` and `--dense-decode` ask for: prompts through a dense copy
+    of the weights (engine/prompts.py), and batches (engine/weights.py)."""
+    modes = {"--dense-prefill": settings.dense_prefill, "--dense-decode": settings.dense_decode}
+    forced = [flag for flag, mode in modes.items() if mode == "on"]
+    if all(mode == "off" for mode in modes.values()):
+        return None, None
     if not plain_cache(model):
-        if mode == "on":
-            raise ConfigError("--dense-prefill on: this model's memory is not one plain KV "
+        if forced:
+            raise ConfigError(f"{forced[0]} on: this model's memory is not one plain KV "
                               "cache (sliding-window or recurrent layers)")
-        return None
-    if settings.deterministic and mode == "on":
-        raise ConfigError("--dense-prefill on cannot keep --deterministic's guarantee "
-                          "(a cached answer's cells against recomputed ones); drop one")
-    if mode == "auto":
-        reason = auto_reason(model.file_type, dense_bytes(model, ctx_size),
-                             gpu=gpu_offload_supported(),
-                             deterministic=settings.deterministic)
+        return None, None
+    if settings.deterministic and forced:
+        raise ConfigError(f"{forced[0]} on cannot keep --deterministic's guarantee "
+                          "(a seeded text the same alone, under load and from a cached "
+                          "prefix); drop one")
+
+    def wanted(mode: str, cells: int, what: str) -> bool:
+        if mode != "auto":
+            return mode == "on"
+        reason = auto_reason(model.file_type, dense_bytes(model, cells),
+                             gpu=gpu_offload_supported(), deterministic=settings.deterministic)
         if reason is not None:
-            log.info("prompts run on the served weights: %s", reason)
-            return None
+            log.info("%s run on the served weights: %s", what, reason)
+        return reason is None
+
+    prefill = wanted(settings.dense_prefill, ctx_size, "prompts")
+    decode = wanted(settings.dense_decode, model.kv_cells + (ctx_size if prefill else 0),
+                    "batches")
+    if not (prefill or decode):
+        return None, None
     file_type = dense_file_type()
+    kind = FILE_TYPE_NAMES.get(file_type, str(file_type))
     try:
         path = dense_copy(info, file_type, cache_dir=settings.weights_cache,
                           threads=settings.threads or default_threads())
-        return PromptRunner(path, model.settings, ctx_size,
-                            FILE_TYPE_NAMES.get(file_type, str(file_type)))
+        prompts = PromptRunner(path, model.settings, ctx_size, kind) if prefill else None
+        switch = WeightSwitch(LlamaContext(path, model.settings), kind) if decode else None
+        return prompts, switch
     except (ModelFileError, RuntimeError) as exc:
-        if mode == "on":
+        if forced:
             raise ConfigError(str(exc)) from exc
-        log.warning("prompts run on the served weights: %s", exc)
-        return None
+        log.warning("prompts and batches run on the served weights: %s", exc)
+        return None, None
 
 
 def kv_streams(settings: Settings, ctx_size: int, kv_cells: int,

@@ -1,15 +1,18 @@
-"""When the dense prompt path fails (engine/prompts.py), in-process on the real model.
+"""When the dense paths fail (engine/prompts.py, engine/weights.py), in-process on
+the real model.
 
 A llama.cpp error in the dense context must cost nothing but time: the prompt goes
 through the served weights and the request completes. If the served cache refuses
 the cells moved into it, that one request ends with an error event (never a hang),
-dense prefill stays off from then on, and the engine keeps serving.
+dense prefill stays off from then on, and the engine keeps serving. If moving the KV
+cache between the file's weights and the copy fails, the requests running then end
+with an error event, batches stay on the file's weights, and the engine keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def runtime() -> Iterator[Runtime]:
-    rt = build_runtime(Settings(kv_cache="f16", dense_prefill="on", max_sequences=2,
+    rt = build_runtime(Settings(kv_cache="f16", dense_prefill="on", dense_decode="on",
+                                max_sequences=2,
                                 ctx_size=1024, kv_cells=2048, kv_layout="unified",
                                 store="off", weights_cache=Path(WEIGHTS_CACHE)))
     rt.engine.start()
@@ -35,10 +39,20 @@ def runtime() -> Iterator[Runtime]:
 
 
 def run(rt: Runtime, prompt: list[int], max_new: int = 8) -> list[TokenEvent]:
-    async def go() -> list[TokenEvent]:
-        stream = rt.engine.generate(GenerationRequest(
-            prompt, SamplingParams(temperature=0, max_new_tokens=max_new, ignore_eos=True)))
-        return [event async for event in stream]
+    return run_together(rt, [prompt], max_new)[0]
+
+
+def run_together(rt: Runtime, prompts: list[list[int]],
+                 max_new: int = 8) -> list[list[TokenEvent]]:
+    async def go() -> list[list[TokenEvent]]:
+        streams = [rt.engine.generate(GenerationRequest(
+            p, SamplingParams(temperature=0, max_new_tokens=max_new, ignore_eos=True)))
+            for p in prompts]
+
+        async def drain(stream: object) -> list[TokenEvent]:
+            return [event async for event in stream]  # type: ignore[attr-defined]
+
+        return await asyncio.gather(*(drain(s) for s in streams))
 
     return asyncio.run(go())
 
@@ -83,4 +97,27 @@ def test_cells_the_served_cache_refuses_fail_one_request_and_turn_the_path_off(
     events = run(runtime, prompt(runtime, 4))
     assert [e.error for e in events] == [None] * 8 and events[-1].finish_reason == "length"
     assert runner.tokens == before  # the prompt ran on the served weights
+    assert runtime.engine.stats()["running_sequences"] == 0
+
+
+def test_a_failed_move_between_weights_ends_the_running_requests_and_stays_put(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    switch = runtime.engine.weights
+    assert switch is not None and not switch.broken and not switch.dense
+
+    def fail_after_swapping(swap: Callable[[], None]) -> None:
+        swap()  # the worst moment: the served model already holds the copy's context
+        raise RuntimeError("could not restore the KV cells of sequence 1")
+
+    monkeypatch.setattr(runtime.engine.scheduler, "migrate", fail_after_swapping)
+    both = run_together(runtime, [prompt(runtime, 5), prompt(runtime, 6)])
+    for events in both:
+        assert events[-1].finish_reason == "error" and events[-1].error
+    assert switch.broken and not switch.dense
+    monkeypatch.undo()
+    steps = switch.steps
+    both = run_together(runtime, [prompt(runtime, 7), prompt(runtime, 8)])
+    for events in both:
+        assert [e.error for e in events] == [None] * 8 and events[-1].finish_reason == "length"
+    assert switch.steps == steps  # on the file's weights
     assert runtime.engine.stats()["running_sequences"] == 0

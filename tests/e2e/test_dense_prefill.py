@@ -45,8 +45,10 @@ def fresh_text(words: int, seed: int) -> str:
 # SmolLM2's end-of-generation tokens, banned where a test needs a stream to run to its
 # max_tokens (on random words the model may well end at once).
 NO_EOG = {"0": -100, "2": -100, "4": -100}
+# Batches decode on the file's weights here, so that a prompt computed while others
+# decode goes through the prompt path too (test_dense_decode.py covers batches).
 ARGS = ["--kv-cache", "f16", "--max-sequences", "4", "--ctx-size", "2048",
-        "--kv-cells", str(4 * 2048)]
+        "--kv-cells", str(4 * 2048), "--dense-decode", "off"]
 
 
 @pytest.fixture(scope="module", params=["unified", "split"])

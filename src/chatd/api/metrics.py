@@ -101,6 +101,18 @@ class _LiveGauges(Collector):
                                   "Engine thread time computing prompts through the dense "
                                   "copy, moving their cells included.",
                                   value=stats.get("dense_prefill_seconds", 0.0))
+        yield CounterMetricFamily("chatd_dense_decode_steps",
+                                  "Engine steps decoded through the dense copy of the "
+                                  "weights (--dense-decode).",
+                                  value=stats.get("dense_decode_steps", 0))
+        yield CounterMetricFamily("chatd_weights_switches",
+                                  "Moves of the KV cache between the file's weights and "
+                                  "the dense copy (--dense-decode).",
+                                  value=stats.get("weights_switches", 0))
+        yield CounterMetricFamily("chatd_weights_switch_seconds",
+                                  "Engine thread time moving the KV cache between the "
+                                  "file's weights and the dense copy.",
+                                  value=stats.get("weights_switch_seconds", 0.0))
 
 
 class Metrics:

@@ -40,6 +40,7 @@ from chatd.engine.speculate import (
 )
 from chatd.engine.streams import StreamScheduler
 from chatd.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob
+from chatd.engine.weights import WeightSwitch
 
 log = logging.getLogger("chatd.engine")
 
@@ -137,9 +138,11 @@ def _scheduler(model: LlamaModel, config: EngineConfig) -> Scheduler:
 class Engine:
     def __init__(self, model: LlamaModel, config: EngineConfig,
                  projector: Projector | None = None,
-                 prompts: PromptRunner | None = None) -> None:
+                 prompts: PromptRunner | None = None,
+                 weights: WeightSwitch | None = None) -> None:
         self.model = model
         self.prompts = prompts  # prefills prompts through dense weights (prompts.py)
+        self.weights = weights  # decodes batches through dense weights (weights.py)
         self._dense_budget = config.prefill_chunk  # its tokens per step while others decode
         self.config = config
         self.grammars = GrammarCompiler(model)
@@ -156,6 +159,7 @@ class Engine:
         self.decode_seconds = 0.0  # inside llama_decode
         self.host_seconds = 0.0    # the rest of each step: planning, sampling, events
         self.step_cost = StepCost()  # what a decode step's rows cost: sizes the drafts
+        self._standby = (StepCost(), None)  # the other weights' step cost and step time
         self.projector = projector
         self.encoder = (MediaEncoder(projector, model.n_embd, self.wake)
                         if projector is not None else None)
@@ -247,6 +251,11 @@ class Engine:
             **({"dense_prefill_tokens": self.prompts.tokens,
                 "dense_prefill_seconds": round(self.prompts.seconds, 6)}
                if self.prompts is not None else {}),
+            **({"dense_decode_now": int(self.weights.dense),
+                "dense_decode_steps": self.weights.steps,
+                "weights_switches": self.weights.switches,
+                "weights_switch_seconds": round(self.weights.seconds, 6)}
+               if self.weights is not None else {}),
             "engine_host_seconds": round(self.host_seconds, 6),
             **({"media_encoded": self.encoder.encoded,
                 "media_encode_seconds": round(self.encoder.seconds, 6),
@@ -268,7 +277,10 @@ class Engine:
                     group.cancel_all = True
             self._reap_cancelled()
             self._repack()
-            for group in sched.admit():
+            admitted = sched.admit()
+            if self.weights is not None:
+                self._choose_weights()
+            for group in admitted:
                 if group.cancel_all:  # gave up while queued
                     self._finish_group(group, "abort")
                 else:
@@ -284,7 +296,9 @@ class Engine:
                 began = time.perf_counter()
             if not plan.tokens:
                 if plan.media is None and not self._dense_waiting():
-                    self._wake.wait()  # nothing to run, or waiting for an encode
+                    # Nothing to run, or waiting for an encode; a batch's weights
+                    # move back after a while (weights.py).
+                    self._wake.wait(self.weights.waits() if self.weights else None)
                     self._wake.clear()
                 continue
             started = time.perf_counter()
@@ -300,6 +314,8 @@ class Engine:
             if not plan.prefill_tokens:
                 self.step_cost.observe(len(plan), decoded - started)
             self.steps += 1
+            if self.weights is not None and self.weights.dense:
+                self.weights.steps += 1
             sched.commit(plan)
             self._sample(plan, decoded)
             deliver({seq.group for seq, _ in plan.advanced})
@@ -352,8 +368,11 @@ class Engine:
 
     def _route_prompt(self, seq: Sequence) -> None:
         """Send an admitted prompt to the dense runner when it has enough new tokens
-        to pay for copying its cached prefix there and the new cells back."""
+        to pay for copying its cached prefix there and the new cells back (unless the
+        copy decodes anyway: then its rows ride in the steps)."""
         if self.prompts is None or self.prompts.broken or seq.group.request.media:
+            return
+        if self.weights is not None and self.weights.dense:
             return
         new = seq.pending - 1  # the last prompt token runs on the served weights
         if new >= MIN_TOKENS and new * PREFIX_RATIO >= seq.n_cached:
@@ -418,6 +437,53 @@ class Engine:
                 return time.perf_counter()
             seq.status = Status.PREFILL
         return time.perf_counter()
+
+    # ---- batches through dense weights (weights.py) -----------------------------------
+
+    def _choose_weights(self) -> None:
+        sched = self.scheduler
+        assert self.weights is not None
+        sequences = len(sched.running) + sum(len(g.seqs) for g in sched.waiting)
+        long_prefill = any(s.status is Status.PREFILL and s.pending > MIN_TOKENS
+                           for s in sched.running)
+        dense = self.weights.wanted(sequences, long_prefill, time.perf_counter())
+        if dense != self.weights.dense:
+            self._switch_weights(dense)
+
+    def _switch_weights(self, dense: bool) -> None:
+        """Move the KV cache into the other weights' context and decode there."""
+        switch = self.weights
+        assert switch is not None
+        swapped = False
+
+        def swap() -> None:
+            nonlocal swapped
+            self.model.swap_context(switch.context)
+            swapped = True
+
+        started = time.perf_counter()
+        try:
+            self.scheduler.migrate(swap)
+        except Exception:
+            # A llama.cpp state call failed: the cache may be half moved, so the running
+            # requests cannot go on, and later steps stay on the file's weights.
+            log.exception("moving the KV cache between weights failed; batches stay on "
+                          "the file's weights")
+            if switch.dense != swapped:  # the model holds the copy's context now
+                self.model.swap_context(switch.context)
+            switch.dense = False
+            switch.broken = True
+            self.scheduler.reset()  # forgets every cell, so ending requests touches none
+            for group in {seq.group for seq in self.scheduler.running}:
+                self._finish_group(group, "error", "internal error while moving the KV cache")
+            return
+        switch.dense = dense
+        switch.switches += 1
+        switch.seconds += time.perf_counter() - started
+        # Speculation's cost line and the pacing step time belong to the weights.
+        standby = (self.step_cost, self._decode_step_s)
+        self.step_cost, self._decode_step_s = self._standby
+        self._standby = standby
 
     def _repack(self) -> None:
         try:

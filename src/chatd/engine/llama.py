@@ -180,6 +180,7 @@ class LlamaContext:
         self._batch = lc.llama_batch_init(settings.n_batch, 0, 1)
         self._batch_cap = settings.n_batch
         self._embd_batch: lc.llama_batch | None = None  # made for the first media rows
+        self._partner: LlamaContext | None = None  # whose context this one holds now
 
     @property
     def handle(self) -> lc.llama_model_p:
@@ -244,7 +245,22 @@ class LlamaContext:
         if lc.llama_state_seq_set_data(self._ctx, data, len(data), seq_id) != len(data):
             raise RuntimeError(f"could not restore the KV cells of sequence {seq_id}")
 
+    def swap_context(self, other: LlamaContext) -> None:
+        """Exchange llama.cpp contexts (each with its weights and KV cache) with
+        `other`, a context with the same settings over a copy of the same weights:
+        decoding, logits and KV ops here then run on the copy, while this object
+        keeps its own identity (file type, vocabulary). engine/weights.py."""
+        if other.settings != self.settings:
+            raise ValueError("contexts with different settings cannot stand in for each other")
+        self._ctx, other._ctx = other._ctx, self._ctx
+        self._mem, other._mem = other._mem, self._mem
+        swapped = self._partner is None
+        self._partner = other if swapped else None
+        other._partner = self if swapped else None
+
     def close(self) -> None:
+        if self._partner is not None:  # each frees the context made over its own weights
+            self.swap_context(self._partner)
         if self._ctx:
             lc.llama_batch_free(self._batch)
             if self._embd_batch is not None:

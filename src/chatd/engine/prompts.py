@@ -7,7 +7,9 @@ GEMMs: on the 2-core AVX-512 test machine the bundled model's weights written ou
 BF16 processed a 512-token prompt 3.5x faster (`llama-bench` pp512: 1,576 against 454
 tok/s), while one decoding row was ~15% slower (more bytes per token). That is the
 split vLLM makes for AWQ (dequantize and run a GEMM from 256 tokens up): prompts go
-through a dense copy of the same weights, decoding stays on the file's own.
+through a dense copy of the same weights, a lone sequence decodes on the file's own
+(steps of two or more sequences go through the copy too: engine/weights.py, and then
+a prompt's rows ride in those steps instead of coming here).
 
 How a prompt goes: the engine hands a sequence's prompt, all but its last token, to
 this runner. Its cached prefix, if any, is copied in (KV bytes, ~23 KB a token for
@@ -126,8 +128,8 @@ def dense_bytes(model: LlamaContext, cells: int) -> int:
 
 def auto_reason(file_type: int | None, needs: int, *, gpu: bool,
                 deterministic: bool) -> str | None:
-    """Why `--dense-prefill auto` stays off, or None when it goes on; `needs` is
-    `dense_bytes`."""
+    """Why `--dense-prefill auto` (or `--dense-decode auto`) stays off, or None when it
+    goes on; `needs` is `dense_bytes` for the cells that path adds."""
     if deterministic:
         return "--deterministic"
     if gpu:

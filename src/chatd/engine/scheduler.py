@@ -453,7 +453,18 @@ class Scheduler:
             kept.append(slot)
         return kept
 
-    def _repack(self, keep: list[Slot]) -> None:
+    def migrate(self, switch: Callable[[], None]) -> None:
+        """Move the cache into another context (engine/weights.py): `switch` makes
+        `self.kv` that context. A repack across contexts: every running sequence's
+        cells and the idle entries a repack keeps are saved here and restored there
+        from cell 0, byte for byte; the other idle entries are parked."""
+        running = [s for s in self.slots if s.owner is not None and s.cells]
+        covered: set[int] = set()
+        for slot in running:
+            covered.update(slot.cells)
+        self._repack(running + self._idle_to_keep(covered, IDLE_CELLS_RUNNING), switch)
+
+    def _repack(self, keep: list[Slot], switch: Callable[[], None] | None = None) -> None:
         # Each slot shares the longest run of identical cells with a slot restored
         # before it; only its own tail is saved (staged under `scratch`).
         saved: list[tuple[Slot, Slot | None, int, Any]] = []
@@ -484,6 +495,8 @@ class Scheduler:
                 slot.parked = self.kv.seq_save(slot.id)
                 self.parks += 1
         # Nothing has changed yet; from here on the cache is rebuilt.
+        if switch is not None:
+            switch()
         self.kv.clear()
         for slot in leaving:
             slot.cells = []
@@ -507,7 +520,7 @@ class Scheduler:
             slot.cells = cells
         self._trash_low = None
         self._next_repack_check = self.allocated + self.repack_cells
-        self.repacks += 1
+        self.repacks += switch is None
 
     def _park_room(self, entry: Slot) -> bool:
         """Make room to park `entry` by dropping parked entries used less recently than

@@ -31,6 +31,7 @@ from chatd.engine.scheduler import DRAFT_ROWS, KVOps, Scheduler, Slot, StepPlan,
 from chatd.engine.sequence import Group, Sequence
 
 COPY_RATIO = 64  # copy a prefix when it is at least 1/64 of the entry restored for it
+MIGRATE_IDLE_CELLS = 4096  # idle prefix-cache cells that move with the running ones
 
 
 class StreamScheduler(Scheduler):
@@ -86,6 +87,28 @@ class StreamScheduler(Scheduler):
 
     def maybe_repack(self) -> bool:
         return False  # a stream's freed cells are reused in place
+
+    def migrate(self, switch: Callable[[], None]) -> None:
+        """Move every running stream, and the most recently used idle entries within
+        MIGRATE_IDLE_CELLS, into another context (engine/weights.py); `switch` makes
+        `self.kv` that context. The other idle entries are dropped (streams park
+        nothing)."""
+        keep = [s for s in self.slots if s.owner is not None and s.tokens]
+        budget = MIGRATE_IDLE_CELLS
+        for slot in sorted((s for s in self.slots if s.owner is None and s.tokens),
+                           key=lambda s: s.last_used, reverse=True):
+            if len(slot.tokens) <= budget:
+                budget -= len(slot.tokens)
+                keep.append(slot)
+        saved = [(slot, self.kv.seq_save(slot.id)) for slot in keep]
+        switch()
+        self.kv.clear()
+        kept = {id(slot) for slot in keep}
+        for slot in self.slots:
+            if id(slot) not in kept:
+                slot.tokens = []
+        for slot, data in saved:
+            self.kv.seq_restore(data, slot.id)
 
     # ---- cells --------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ def _open_local(args: argparse.Namespace) -> ChatBackend:
     settings = Settings(model=args.model, model_name=args.model_name, ctx_size=args.ctx_size,
                         threads=args.threads, kv_cache=kv_cache_from_args(args), max_sequences=4,
                         weights=args.weights, weights_cache=args.weights_cache,
-                        dense_prefill=args.dense_prefill)
+                        dense_prefill=args.dense_prefill, dense_decode=args.dense_decode)
     try:
         return LocalBackend(build_runtime(settings))
     except ConfigError as exc:
