@@ -36,6 +36,7 @@ bench: install-test
 	$(PY) -m benchmarks.run $(ARGS)
 	$(PY) -m benchmarks.constrained
 	$(PY) -m benchmarks.dense_prefill
+	$(PY) -m benchmarks.dense_decode
 	$(PY) -m benchmarks.scenarios
 	$(PY) -m benchmarks.media
 

@@ -6,9 +6,10 @@ weights; a lone sequence goes back to the file's own, and the KV cache moves bet
 the two llama.cpp contexts as saved bytes. What a client must see: every request
 that was running when its cache moved completes, with its tokens counted; a lone
 request never touches the copy; a cached prefix comes back byte for byte after a
-trip to the copy and back (a repeat gives the same text with a stream per sequence;
-in one shared pool the f16 cache's own rounding caveat applies, see
-test_dense_prefill.py); and `--deterministic` refuses the copy.
+trip to the copy and back (a repeat's first token is drawn from bitwise the same
+distribution with a stream per sequence; in one shared pool the f16 cache's own
+rounding caveat applies, see test_dense_prefill.py); and `--deterministic` refuses
+the copy.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 
 from chatd.engine.weights import LONE_SECONDS
 from tests.e2e.conftest import ServerProcess, openai_client, running_server, start_up_error
-from tests.e2e.test_dense_prefill import NO_EOG, fresh_text, health, split
+from tests.e2e.test_dense_prefill import NO_EOG, first_token, fresh_text, health, split
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -109,13 +110,15 @@ def test_a_cached_prefix_comes_back_intact_from_the_copy(server: ServerProcess,
                                                          client: openai.OpenAI,
                                                          model_id: str) -> None:
     """A chat's entry moves to the copy's context while a batch runs beside it, and
-    back; the repeat finds it there and (one stream per sequence) gives the same text.
+    back; the repeat finds it there and (one stream per sequence) draws its first token
+    from bitwise the same distribution: any byte of the entry changed on the way would
+    show.
     The batch is one request with n=3: its sequences take the least recently used
     slots, never the chat's."""
     back_on_the_file_weights(server)
     messages = [{"role": "user", "content": fresh_text(300, 77)}]
-    first = client.chat.completions.create(model=model_id, messages=messages,
-                                           max_tokens=24, temperature=0)
+    first = client.chat.completions.create(model=model_id, messages=messages, max_tokens=24,
+                                           temperature=0, logprobs=True, top_logprobs=5)
     switches = health(server)["weights_switches"]
 
     batch = client.chat.completions.create(
@@ -123,11 +126,11 @@ def test_a_cached_prefix_comes_back_intact_from_the_copy(server: ServerProcess,
         max_tokens=16, temperature=1.0, seed=3, n=3, logit_bias=NO_EOG)
     assert [c.finish_reason for c in batch.choices] == ["length"] * 3
     assert back_on_the_file_weights(server)["weights_switches"] - switches >= 2
-    again = client.chat.completions.create(model=model_id, messages=messages,
-                                           max_tokens=24, temperature=0)
+    again = client.chat.completions.create(model=model_id, messages=messages, max_tokens=24,
+                                           temperature=0, logprobs=True, top_logprobs=5)
     assert again.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
     if split(server):
-        assert again.choices[0].message.content == first.choices[0].message.content
+        assert first_token(again) == first_token(first)
 
 
 def test_a_request_running_when_a_batch_forms_finishes_intact(server: ServerProcess,
@@ -156,27 +159,33 @@ def test_a_request_running_when_a_batch_forms_finishes_intact(server: ServerProc
     assert after["running_sequences"] == 0
 
 
-def test_a_seeded_request_repeats_when_it_runs_alone(server: ServerProcess,
-                                                     client: openai.OpenAI,
-                                                     model_id: str) -> None:
-    """Alone it never touches the copy, so a seed reproduces its text after batches
-    ran meanwhile (split layout; see the module docstring for one pool)."""
+def test_a_seeded_request_alone_draws_as_before_after_batches(server: ServerProcess,
+                                                              client: openai.OpenAI,
+                                                              model_id: str) -> None:
+    """Alone it never touches the copy: after batches ran meanwhile, its first token is
+    drawn from bitwise the same distribution, so the seed picks the same one (split
+    layout; see the module docstring for one pool and for later tokens)."""
     back_on_the_file_weights(server)
     messages = [{"role": "user", "content": "Write a line about autumn."}]
-    first = client.chat.completions.create(model=model_id, messages=messages,
-                                           max_tokens=24, temperature=1.0, seed=11)
+    first = client.chat.completions.create(model=model_id, messages=messages, max_tokens=24,
+                                           temperature=1.0, seed=11, logprobs=True,
+                                           top_logprobs=5)
 
     async def batch() -> None:
         await asyncio.gather(*(stream(server, model_id, f"Spell {i}.", 12, temperature=0)
                                for i in range(4)))
 
     asyncio.run(batch())
-    back_on_the_file_weights(server)
-    again = client.chat.completions.create(model=model_id, messages=messages,
-                                           max_tokens=24, temperature=1.0, seed=11)
+    steps = back_on_the_file_weights(server)["dense_decode_steps"]
+    again = client.chat.completions.create(model=model_id, messages=messages, max_tokens=24,
+                                           temperature=1.0, seed=11, logprobs=True,
+                                           top_logprobs=5)
+    assert health(server)["dense_decode_steps"] == steps  # alone: on the file's weights
     assert again.choices[0].finish_reason in ("stop", "length")
     if split(server):
-        assert again.choices[0].message.content == first.choices[0].message.content
+        assert first_token(again) == first_token(first)
+        assert again.choices[0].logprobs.content[0].token == \
+            first.choices[0].logprobs.content[0].token
 
 
 def test_dense_decode_on_with_deterministic_is_a_one_line_start_up_error() -> None:

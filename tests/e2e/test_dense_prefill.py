@@ -8,10 +8,14 @@ bytes. What a client must see: the same answers to repeated requests (the second
 one's prompt comes from the prefix cache), chats that continue, other streams that
 keep going meanwhile, and a server that survives a client leaving mid-prompt.
 
-Repeated requests give the same text only with a stream per sequence: in one shared
-pool the default f16 cache lets a lone row's attention split the occupied cells among
-the threads, so a repeat over a cache that now holds other entries can round
-differently (README, `--kv-cache`; it happens with the dense copy off too).
+What the tests assert of a repeat is that its first token is drawn from bitwise the
+same distribution, and only with a stream per sequence: in one shared pool the
+default f16 cache lets a lone row's attention split the occupied cells among the
+threads, so a repeat over a cache that now holds other entries can round differently
+(README, `--kv-cache`; it happens with the dense copy off too). Later tokens can part
+in either layout: in the default mode a step's shape (how many guessed rows
+speculation adds, which depends on what earlier requests taught it) changes rounding
+too; once in ~6 full suite runs a greedy repeat parted at its seventh token.
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ def ask(client: openai.OpenAI, model_id: str, messages: list[dict], **kw):
     return client.chat.completions.create(model=model_id, messages=messages, **kw)
 
 
+def first_token(response) -> list[tuple[str, float]]:
+    """The first token's top log-probabilities (ask with logprobs=True, top_logprobs)."""
+    return [(t.token, t.logprob) for t in response.choices[0].logprobs.content[0].top_logprobs]
+
+
 def test_a_long_prompt_goes_through_the_dense_copy(dense_server: ServerProcess,
                                                    client: openai.OpenAI,
                                                    model_id: str) -> None:
@@ -100,11 +109,13 @@ def test_a_repeated_request_gives_the_same_text(dense_server: ServerProcess,
     skips the dense copy; its first token still comes from the same weights."""
     for seed in range(3):
         messages = [{"role": "user", "content": fresh_text(300, 20 + seed + len(sampling))}]
-        first = ask(client, model_id, messages, max_tokens=24, **sampling)
-        again = ask(client, model_id, messages, max_tokens=24, **sampling)
+        first = ask(client, model_id, messages, max_tokens=24, logprobs=True, top_logprobs=5,
+                    **sampling)
+        again = ask(client, model_id, messages, max_tokens=24, logprobs=True, top_logprobs=5,
+                    **sampling)
         assert again.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
         if split(dense_server):
-            assert again.choices[0].message.content == first.choices[0].message.content
+            assert first_token(again) == first_token(first)
 
 
 def test_n_choices_share_one_dense_prompt(dense_server: ServerProcess,
@@ -127,15 +138,17 @@ def test_a_chats_next_turn_brings_its_prefix_along(dense_server: ServerProcess,
     messages += [{"role": "assistant", "content": first.choices[0].message.content},
                  {"role": "user", "content": "Now in other words: " + fresh_text(120, 6)}]
     before = health(dense_server)["dense_prefill_tokens"]
-    second = ask(client, model_id, messages, max_tokens=20, temperature=0)
+    second = ask(client, model_id, messages, max_tokens=20, temperature=0, logprobs=True,
+                 top_logprobs=5)
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= first.usage.prompt_tokens
     assert health(dense_server)["dense_prefill_tokens"] - before == (
         second.usage.prompt_tokens - cached - 1)
     assert second.usage.completion_tokens == 20
-    again = ask(client, model_id, messages, max_tokens=20, temperature=0)
+    again = ask(client, model_id, messages, max_tokens=20, temperature=0, logprobs=True,
+                top_logprobs=5)
     if split(dense_server):
-        assert again.choices[0].message.content == second.choices[0].message.content
+        assert first_token(again) == first_token(second)
 
 
 def test_streams_keep_going_while_a_long_prompt_is_computed(dense_server: ServerProcess,
@@ -143,31 +156,37 @@ def test_streams_keep_going_while_a_long_prompt_is_computed(dense_server: Server
     async def run() -> None:
         async with openai.AsyncOpenAI(base_url=dense_server.url + "/v1", api_key="x",
                                       max_retries=0) as c:
-            async def stream(content: str, max_tokens: int) -> tuple[str, int, str | None]:
+            async def stream(content: str, max_tokens: int) -> tuple[list, int, str | None]:
+                """(the first token's top log-probabilities, tokens, finish reason)"""
                 s = await c.chat.completions.create(
                     model=model_id, messages=[{"role": "user", "content": content}],
-                    max_tokens=max_tokens, temperature=0, stream=True,
-                    stream_options={"include_usage": True}, logit_bias=NO_EOG)
-                text, tokens, finish = "", 0, None
+                    max_tokens=max_tokens, temperature=0, stream=True, logprobs=True,
+                    top_logprobs=5, stream_options={"include_usage": True},
+                    logit_bias=NO_EOG)
+                first: list = []
+                tokens, finish = 0, None
                 async for chunk in s:
                     if chunk.choices:
-                        text += chunk.choices[0].delta.content or ""
+                        lp = chunk.choices[0].logprobs
+                        if not first and lp and lp.content:
+                            first = [(t.token, t.logprob) for t in lp.content[0].top_logprobs]
                         finish = chunk.choices[0].finish_reason or finish
                     if chunk.usage:
                         tokens = chunk.usage.completion_tokens
-                return text, tokens, finish
+                return first, tokens, finish
 
             short = [asyncio.create_task(stream(f"Count from {i} to 100.", 64))
                      for i in range(3)]
             await asyncio.sleep(0.5)  # they are decoding when the long prompt arrives
             long_prompt = fresh_text(900, 9)
-            text, tokens, finish = await stream(long_prompt, 16)
+            first, tokens, finish = await stream(long_prompt, 16)
             for task in short:
                 assert (await task)[1:] == (64, "length")
             assert (tokens, finish) == (16, "length")
-            alone, _, _ = await stream(long_prompt, 16)
+            again, _, _ = await stream(long_prompt, 16)  # its prompt from the cache
+            assert first
             if split(dense_server):
-                assert alone == text
+                assert again == first
 
     asyncio.run(run())
 
