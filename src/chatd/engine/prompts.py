@@ -8,8 +8,8 @@ BF16 processed a 512-token prompt 3.5x faster (`llama-bench` pp512: 1,576 agains
 tok/s), while one decoding row was ~15% slower (more bytes per token). That is the
 split vLLM makes for AWQ (dequantize and run a GEMM from 256 tokens up): prompts go
 through a dense copy of the same weights, a lone sequence decodes on the file's own
-(steps of two or more sequences go through the copy too: engine/weights.py, and then
-a prompt's rows ride in those steps instead of coming here).
+(steps of two or more sequences go through the copy too: engine/weights.py; prompts
+still come here then, where their rows attend only to their own cells).
 
 How a prompt goes: the engine hands a sequence's prompt, all but its last token, to
 this runner. Its cached prefix, if any, is copied in (KV bytes, ~23 KB a token for
