@@ -54,10 +54,13 @@ def _open_local(args: argparse.Namespace) -> ChatBackend:
     from chatd.config import Settings
     from chatd.server import ConfigError, build_runtime
 
+    # One person asks one thing at a time: batches never form, so `auto` leaves the
+    # dense copy's second KV cache (~750 MB at the default context) unallocated.
+    dense_decode = "off" if args.dense_decode == "auto" else args.dense_decode
     settings = Settings(model=args.model, model_name=args.model_name, ctx_size=args.ctx_size,
                         threads=args.threads, kv_cache=kv_cache_from_args(args), max_sequences=4,
                         weights=args.weights, weights_cache=args.weights_cache,
-                        dense_prefill=args.dense_prefill, dense_decode=args.dense_decode)
+                        dense_prefill=args.dense_prefill, dense_decode=dense_decode)
     try:
         return LocalBackend(build_runtime(settings))
     except ConfigError as exc:
