@@ -73,6 +73,7 @@ from chatd.bench.loadgen import (
     run_client,
     run_load,
 )
+from chatd.cli import build_parser as build_chatd_parser
 from chatd.engine.llama import default_threads, gpu_offload_supported
 from chatd.engine.prompts import SLOW_PROMPT_FILE_TYPES, dense_file_type
 from chatd.models.registry import load_model_info
@@ -481,9 +482,10 @@ def batch_copy(args: argparse.Namespace) -> Path | None:
     """The dense copy that a server with these arguments decodes steps of 2+ sequences
     on (`--dense-decode auto`, engine/weights.py), else None: a batch's ceiling is
     measured on the weights the server runs it on."""
-    served = " ".join(args.serve_arg)
-    if "--dense-decode off" in served or "--deterministic" in served or \
-            gpu_offload_supported():
+    served = build_chatd_parser().parse_args(
+        ["serve", *(a for extra in args.serve_arg for a in shlex.split(extra))])
+    if (served.dense_decode == "off" or served.deterministic or served.weights != "stored"
+            or gpu_offload_supported()):
         return None
     info = load_model_info(args.model, None)
     if int(info.metadata.get("general.file_type", -1)) not in SLOW_PROMPT_FILE_TYPES:

@@ -9,9 +9,10 @@ import ipaddress
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from types import FrameType
+from typing import TypeVar
 
 import llama_cpp
 import uvicorn
@@ -58,6 +59,8 @@ DEFAULT_CTX_CAP = 8192
 
 class ConfigError(ValueError):
     """A setting that cannot work; reported in one line, not a traceback."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -207,14 +210,28 @@ def _dense_paths(settings: Settings, info: ModelInfo, model: LlamaModel, ctx_siz
     try:
         path = dense_copy(info, file_type, cache_dir=settings.weights_cache,
                           threads=settings.threads or default_threads())
-        prompts = PromptRunner(path, model.settings, ctx_size, kind) if prefill else None
-        switch = WeightSwitch(LlamaContext(path, model.settings), kind) if decode else None
-        return prompts, switch
-    except (ModelFileError, RuntimeError) as exc:
+    except ModelFileError as exc:
         if forced:
             raise ConfigError(str(exc)) from exc
         log.warning("prompts and batches run on the served weights: %s", exc)
         return None, None
+
+    def start(flag: str, make: Callable[[], T]) -> T | None:
+        """A context over the copy; one that llama.cpp cannot create (out of memory)
+        costs only its own path, unless the flag asked for it."""
+        try:
+            return make()
+        except RuntimeError as exc:
+            if modes[flag] == "on":
+                raise ConfigError(f"{flag} on: {exc}") from exc
+            log.warning("%s: %s; that path stays on the served weights", flag, exc)
+            return None
+
+    prompts = (start("--dense-prefill", lambda: PromptRunner(path, model.settings, ctx_size,
+                                                             kind)) if prefill else None)
+    switch = (start("--dense-decode", lambda: WeightSwitch(LlamaContext(path, model.settings),
+                                                           kind)) if decode else None)
+    return prompts, switch
 
 
 def kv_streams(settings: Settings, ctx_size: int, kv_cells: int,

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from chatd import server as server_module
 from chatd.config import Settings
 from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent
-from chatd.server import Runtime, build_runtime
+from chatd.server import ConfigError, Runtime, build_runtime
 from tests.e2e.conftest import WEIGHTS_CACHE
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,3 +122,26 @@ def test_a_failed_move_between_weights_ends_the_running_requests_and_stays_put(
         assert [e.error for e in events] == [None] * 8 and events[-1].finish_reason == "length"
     assert switch.steps == steps  # on the file's weights
     assert runtime.engine.stats()["running_sequences"] == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_a_batch_context_llama_cpp_cannot_create_costs_only_its_own_path(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+
+    monkeypatch.setattr(server_module, "LlamaContext", no_memory)
+    settings = Settings(kv_cache="f16", dense_prefill="auto", dense_decode=mode,
+                        max_sequences=2, ctx_size=1024, kv_cells=2048, kv_layout="unified",
+                        store="off", weights_cache=Path(WEIGHTS_CACHE))
+    if mode == "on":
+        with pytest.raises(ConfigError, match=r"--dense-decode on: llama\.cpp could not create"):
+            build_runtime(settings)
+        return
+    rt = build_runtime(settings)
+    try:
+        assert rt.engine.weights is None and rt.engine.prompts is not None
+        assert rt.weights.endswith("(prompts through a BF16 copy)") or \
+            rt.weights.endswith("(prompts through a F16 copy)")
+    finally:
+        rt.close()

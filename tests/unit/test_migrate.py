@@ -132,6 +132,10 @@ def test_streams_move_with_their_prefix_cache_within_the_budget() -> None:
 
 
 class Ctx:
+    """Stands in for the copy's context: `swapped` is what WeightSwitch.dense reads."""
+
+    swapped = False
+
     def close(self) -> None:
         pass
 
@@ -144,10 +148,12 @@ class Ctx:
     (1, True, LONE_SECONDS + 0.1, True),    # a long prompt still being computed keeps it
 ])
 def test_when_the_copy_decodes(sequences: int, prefill: bool, after: float, want: bool) -> None:
-    switch = WeightSwitch(Ctx(), "BF16")  # type: ignore[arg-type]
+    ctx = Ctx()
+    switch = WeightSwitch(ctx, "BF16")  # type: ignore[arg-type]
     assert switch.wanted(1, False, 0.0) is False  # alone from the start: the file's
     assert switch.wanted(3, False, 0.0) is True
-    switch.dense = True
+    ctx.swapped = True
+    assert switch.dense
     assert switch.wanted(sequences, prefill, after) is want
     switch.broken = True
     assert switch.wanted(4, False, after) is False

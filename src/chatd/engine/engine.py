@@ -446,38 +446,29 @@ class Engine:
         sequences = len(sched.running) + sum(len(g.seqs) for g in sched.waiting)
         long_prefill = any(s.status is Status.PREFILL and s.pending > MIN_TOKENS
                            for s in sched.running)
-        dense = self.weights.wanted(sequences, long_prefill, time.perf_counter())
-        if dense != self.weights.dense:
-            self._switch_weights(dense)
+        if self.weights.wanted(sequences, long_prefill, time.perf_counter()) != \
+                self.weights.dense:
+            self._switch_weights()
 
-    def _switch_weights(self, dense: bool) -> None:
+    def _switch_weights(self) -> None:
         """Move the KV cache into the other weights' context and decode there."""
         switch = self.weights
         assert switch is not None
-        swapped = False
-
-        def swap() -> None:
-            nonlocal swapped
-            self.model.swap_context(switch.context)
-            swapped = True
-
         started = time.perf_counter()
         try:
-            self.scheduler.migrate(swap)
+            self.scheduler.migrate(lambda: self.model.swap_context(switch.context))
         except Exception:
             # A llama.cpp state call failed: the cache may be half moved, so the running
             # requests cannot go on, and later steps stay on the file's weights.
             log.exception("moving the KV cache between weights failed; batches stay on "
                           "the file's weights")
-            if switch.dense != swapped:  # the model holds the copy's context now
+            if switch.dense:  # the model holds the copy's context now
                 self.model.swap_context(switch.context)
-            switch.dense = False
             switch.broken = True
             self.scheduler.reset()  # forgets every cell, so ending requests touches none
             for group in {seq.group for seq in self.scheduler.running}:
                 self._finish_group(group, "error", "internal error while moving the KV cache")
             return
-        switch.dense = dense
         switch.switches += 1
         switch.seconds += time.perf_counter() - started
         # Speculation's cost line and the pacing step time belong to the weights.

@@ -258,6 +258,11 @@ class LlamaContext:
         self._partner = other if swapped else None
         other._partner = self if swapped else None
 
+    @property
+    def swapped(self) -> bool:
+        """Whether this object holds the other context (`swap_context`)."""
+        return self._partner is not None
+
     def close(self) -> None:
         if self._partner is not None:  # each frees the context made over its own weights
             self.swap_context(self._partner)

@@ -45,12 +45,16 @@ class WeightSwitch:
     def __init__(self, context: LlamaContext, kind: str) -> None:
         self.context = context  # the copy's context, or the file's while they are swapped
         self.kind = kind        # the copy's type (BF16, F16), for /health
-        self.dense = False      # whether the served model holds the copy's context now
         self.broken = False     # moving the cache failed once: the file's weights stay
         self.switches = 0
         self.seconds = 0.0      # spent moving the cache between the contexts
         self.steps = 0          # decode steps on the copy
         self._batch_at = -math.inf
+
+    @property
+    def dense(self) -> bool:
+        """Whether the served model holds the copy's context now."""
+        return self.context.swapped
 
     def wanted(self, sequences: int, long_prefill: bool, now: float) -> bool:
         """Whether the copy should decode the next step, with `sequences` admitted or
