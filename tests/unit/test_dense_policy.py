@@ -28,6 +28,13 @@ def test_off_where_llama_cpp_already_batches_the_weights(file_type: int) -> None
     assert reason is not None and "batched kernel" in reason
 
 
+def test_off_for_q4_1_weights_that_llama_cpp_holds_interleaved() -> None:
+    """chatd's llama.cpp patch gives Q4_1 the interleaved kernels (patches/)."""
+    reason = prompts.auto_reason(Q4_1, 400 << 20, gpu=False, deterministic=False,
+                                 interleaved=True)
+    assert reason is not None and "batched kernel" in reason
+
+
 def test_off_under_deterministic_and_on_gpu_builds() -> None:
     assert prompts.auto_reason(Q4_1, 1, gpu=False, deterministic=True) == "--deterministic"
     assert "GPU" in prompts.auto_reason(Q4_1, 1, gpu=True, deterministic=False)

@@ -1,4 +1,5 @@
-"""Model load parameters: llama.cpp's AMX weight buffers are kept off where they crash."""
+"""Model load parameters: llama.cpp's AMX weight buffers are kept off where they crash,
+and interleaved weights in --deterministic."""
 
 from __future__ import annotations
 
@@ -12,6 +13,20 @@ def test_extra_buffer_types_are_off_exactly_on_amx_cpus(monkeypatch: pytest.Monk
                                                         amx: bool) -> None:
     monkeypatch.setattr(llama, "cpu_has_amx", lambda: amx)
     assert llama.model_params().use_extra_bufts is (not amx)
+
+
+def test_interleaved_weights_are_off_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--deterministic loads the weights with interleave=False (server.build_runtime)."""
+    monkeypatch.setattr(llama, "cpu_has_amx", lambda: False)
+    assert llama.model_params(interleave=False).use_extra_bufts is False
+
+
+def test_the_log_names_the_buffers_that_hold_the_weights() -> None:
+    llama._buffers_seen.clear()
+    for piece in (b"load_tensors:   CPU_REPACK model buffer size = ", b"   60.75 MiB\n",
+                  b"load_tensors:   CPU_Mapped model buffer size =    28.69 MiB\n"):
+        llama.log_callback(2, piece, None)
+    assert llama._buffers_seen == ["CPU_REPACK", "CPU_Mapped"]
 
 
 def test_cpu_has_amx_reads_the_flags_line() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,10 @@ _llama_log = logging.getLogger("chatd.llama.cpp")
 # ggml log levels -> Python logging levels (llama.cpp's own lines are quiet by default).
 _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _log_tail: list[str] = []
+# The weight buffers llama.cpp reports while a model loads ("CPU_REPACK model buffer
+# size = ..."): how it holds the weights, which decides which kernels run them.
+_BUFFER_LINE = re.compile(r"(\S+) model buffer size =")
+_buffers_seen: list[str] = []
 
 
 @lc.llama_log_callback
@@ -33,6 +38,8 @@ def log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         line = "".join(_log_tail).rstrip()
         _log_tail.clear()
         if line:
+            if (found := _BUFFER_LINE.search(line)) is not None:
+                _buffers_seen.append(found.group(1))
             # llama.cpp logs its warnings about normal operation at WARN; keep them DEBUG
             # unless they are errors, so a quiet server stays quiet.
             py_level = logging.ERROR if level == 4 else logging.DEBUG
@@ -68,8 +75,14 @@ def gpu_offload_supported() -> bool:
     return bool(lc.llama_supports_gpu_offload())
 
 
-def model_params() -> lc.llama_model_params:
+def model_params(interleave: bool = True) -> lc.llama_model_params:
     """Load parameters for the weights, shared by the server and the ceiling benchmark.
+
+    `interleave` lets llama.cpp hold the weights interleaved ("repacked", eight rows
+    together) where it has kernels for that (Q4_0, Q4_K, IQ4_NL; Q4_1 with chatd's patch
+    to the llama.cpp that llama-cpp-python vendors, patches/). Those kernels multiply
+    activations four rows at a time and the rest one by one, so a row's rounding depends
+    on the batch it is in: off in `--deterministic`.
 
     On CPUs with AMX, llama.cpp moves Q4_1 weights into its AMX buffer type, and the
     AMX matmul in the llama.cpp that llama-cpp-python 0.3.36 bundles segfaults on the
@@ -79,9 +92,28 @@ def model_params() -> lc.llama_model_params:
     """
     mparams = lc.llama_model_default_params()
     mparams.n_gpu_layers = -1 if gpu_offload_supported() else 0
-    if cpu_has_amx():
+    if not interleave or cpu_has_amx():
         mparams.use_extra_bufts = False
     return mparams
+
+
+def load_model(path: Path, interleave: bool = True
+               ) -> tuple[lc.llama_model_p, tuple[str, ...]]:
+    """The loaded weights, and the buffers llama.cpp reported holding them in."""
+    init_backend()
+    _buffers_seen.clear()
+    model = lc.llama_model_load_from_file(str(path).encode(), model_params(interleave))
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path}")
+    return model, tuple(_buffers_seen)
+
+
+def weights_interleaved(path: Path) -> bool:
+    """Whether llama.cpp holds this file's weights interleaved for its batched kernels
+    (loads them once to see)."""
+    model, buffers = load_model(path)
+    lc.llama_model_free(model)
+    return "CPU_REPACK" in buffers
 
 
 class DecodeError(RuntimeError):
@@ -128,6 +160,7 @@ class LlamaSettings:
     type_k: int = KV_CACHE_TYPE
     type_v: int = KV_CACHE_TYPE
     kv_unified: bool = True  # False: one stream of kv_cells / n_seq_max cells per sequence
+    interleave: bool = True  # weights in llama.cpp's interleaved layout where it has one
 
 
 def default_threads() -> int:
@@ -144,11 +177,8 @@ class LlamaContext:
     """
 
     def __init__(self, path: Path, settings: LlamaSettings) -> None:
-        init_backend()
         self.settings = settings
-        self._model = lc.llama_model_load_from_file(str(path).encode(), model_params())
-        if not self._model:
-            raise RuntimeError(f"llama.cpp could not load {path}")
+        self._model, self.weight_buffers = load_model(path, settings.interleave)
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self._model)
@@ -190,6 +220,12 @@ class LlamaContext:
     @property
     def n_params(self) -> int:
         return int(lc.llama_model_n_params(self._model))
+
+    @property
+    def interleaved(self) -> bool:
+        """Whether llama.cpp holds (some of) the weights interleaved for its batched
+        kernels: for a Q4_1 file, only with chatd's patch (patches/)."""
+        return "CPU_REPACK" in self.weight_buffers
 
     @property
     def file_type(self) -> int:

@@ -1,15 +1,18 @@
 """Prompts through dense weights: a second context that only prefills.
 
-llama.cpp's CPU backend has no matrix-matrix kernel for Q4_1 or Q5_1 weights (neither
-llamafile's tinyBLAS nor a repacked layout takes them), so a prompt runs through them
-one dot product per row, no faster than decoding. Its F16 and BF16 kernels are real
+Stock llama.cpp's CPU backend has no matrix-matrix kernel for Q4_1 or Q5_1 weights
+(neither llamafile's tinyBLAS nor a repacked layout takes them), so a prompt runs through
+them one dot product per row, no faster than decoding. Its F16 and BF16 kernels are real
 GEMMs: on the 2-core AVX-512 test machine the bundled model's weights written out as
 BF16 processed a 512-token prompt 3.5x faster (`llama-bench` pp512: 1,576 against 454
 tok/s), while one decoding row was ~15% slower (more bytes per token). That is the
 split vLLM makes for AWQ (dequantize and run a GEMM from 256 tokens up): prompts go
 through a dense copy of the same weights, a lone sequence decodes on the file's own
 (steps of two or more sequences go through the copy too: engine/weights.py; prompts
-still come here then, where their rows attend only to their own cells).
+still come here then, where their rows attend only to their own cells). chatd's patch
+to llama.cpp (patches/) gives Q4_1 the interleaved Q4_0 kernels; where it is built in,
+the file beats the copy at every batch size but the longest prompts, and `auto` leaves
+this off (docs/performance.md).
 
 How a prompt goes: the engine hands a sequence's prompt, all but its last token, to
 this runner. Its cached prefix, if any, is copied in (KV bytes, ~23 KB a token for
@@ -127,14 +130,17 @@ def dense_bytes(model: LlamaContext, cells: int) -> int:
 
 
 def auto_reason(file_type: int | None, needs: int, *, gpu: bool,
-                deterministic: bool) -> str | None:
+                deterministic: bool, interleaved: bool = False) -> str | None:
     """Why `--dense-prefill auto` (or `--dense-decode auto`) stays off, or None when it
-    goes on; `needs` is `dense_bytes` for the cells that path adds."""
+    goes on; `needs` is `dense_bytes` for the cells that path adds. `interleaved`: llama.cpp
+    holds the weights interleaved for its batched kernels, which for a Q4_1 file takes
+    chatd's patch to it (patches/); then the file is faster than the copy at every
+    batch size (docs/performance.md)."""
     if deterministic:
         return "--deterministic"
     if gpu:
         return "a GPU build runs prompts on the GPU"
-    if file_type not in SLOW_PROMPT_FILE_TYPES:
+    if file_type not in SLOW_PROMPT_FILE_TYPES or interleaved:
         return "llama.cpp has a batched kernel for this file's weights"
     free = available_memory()
     if free is not None and needs > MEMORY_SHARE * free:
