@@ -85,8 +85,8 @@ def test_the_interleaved_kernels_are_as_close_to_the_exact_model_as_the_plain_on
 
 
 def test_one_row_at_a_time_matches_the_batch_up_to_rounding(tokens: list[int]) -> None:
-    """Batches go four rows at a time through one kernel and the rest through another:
-    a row's rounding differs, its distribution does not."""
+    """Teacher-forced in one batch (the four-row GEMM kernel, llama.cpp's tiled
+    attention) against one row at a time (the one-row kernel): the same distributions."""
     model = LlamaModel(bundled_model_path(), SETTINGS)
     try:
         batch = all_logits(model, tokens[:120])

@@ -81,8 +81,9 @@ def model_params(interleave: bool = True) -> lc.llama_model_params:
     `interleave` lets llama.cpp hold the weights interleaved ("repacked", eight rows
     together) where it has kernels for that (Q4_0, Q4_K, IQ4_NL; Q4_1 with chatd's patch
     to the llama.cpp that llama-cpp-python vendors, patches/). Those kernels multiply
-    activations four rows at a time and the rest one by one, so a row's rounding depends
-    on the batch it is in: off in `--deterministic`.
+    activations four rows at a time and the rest one by one. A probe gave a row bitwise
+    the same logits either way, but `--deterministic`'s guarantee is what the suite and
+    `benchmarks.invariance` check on llama.cpp's plain kernels, so that mode keeps them.
 
     On CPUs with AMX, llama.cpp moves Q4_1 weights into its AMX buffer type, and the
     AMX matmul in the llama.cpp that llama-cpp-python 0.3.36 bundles segfaults on the
