@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(300)
 # Eight streams in the split layout, so that a batch of three takes others than the
 # most recently used entry (test_a_cached_prefix_comes_back_intact_from_the_copy).
 ARGS = ["--kv-cache", "f16", "--max-sequences", "4", "--ctx-size", "2048",
-        "--kv-cells", str(8 * 2048), "--dense-decode", "on"]
+        "--kv-cells", str(8 * 2048), "--dense-prefill", "on", "--dense-decode", "on"]
 
 
 @pytest.fixture(scope="module", params=["unified", "split"])

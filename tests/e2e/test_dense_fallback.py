@@ -19,6 +19,7 @@ import pytest
 
 from chatd import server as server_module
 from chatd.config import Settings
+from chatd.engine.llama import LlamaContext
 from chatd.engine.types import GenerationRequest, SamplingParams, TokenEvent
 from chatd.server import ConfigError, Runtime, build_runtime
 from tests.e2e.conftest import WEIGHTS_CACHE
@@ -131,6 +132,9 @@ def test_a_batch_context_llama_cpp_cannot_create_costs_only_its_own_path(
         raise RuntimeError("llama.cpp could not create a context (out of memory?)")
 
     monkeypatch.setattr(server_module, "LlamaContext", no_memory)
+    # `auto` as on a stock llama.cpp, which holds Q4_1 weights plain (chatd's patch
+    # interleaves them, and then `auto` takes no copy at all).
+    monkeypatch.setattr(LlamaContext, "interleaved", property(lambda self: False))
     settings = Settings(kv_cache="f16", dense_prefill="auto", dense_decode=mode,
                         max_sequences=2, ctx_size=1024, kv_cells=2048, kv_layout="unified",
                         store="off", weights_cache=Path(WEIGHTS_CACHE))

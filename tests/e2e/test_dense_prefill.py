@@ -50,9 +50,11 @@ def fresh_text(words: int, seed: int) -> str:
 # max_tokens (on random words the model may well end at once).
 NO_EOG = {"0": -100, "2": -100, "4": -100}
 # Batches decode on the file's weights here, so that a prompt computed while others
-# decode goes through the prompt path too (test_dense_decode.py covers batches).
+# decode goes through the prompt path too (test_dense_decode.py covers batches). `on`:
+# `auto` leaves the copy off where llama.cpp interleaves the Q4_1 weights (chatd's
+# patch, test_interleaved_weights.py).
 ARGS = ["--kv-cache", "f16", "--max-sequences", "4", "--ctx-size", "2048",
-        "--kv-cells", str(4 * 2048), "--dense-decode", "off"]
+        "--kv-cells", str(4 * 2048), "--dense-prefill", "on", "--dense-decode", "off"]
 
 
 @pytest.fixture(scope="module", params=["unified", "split"])

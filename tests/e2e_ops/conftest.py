@@ -107,14 +107,14 @@ def running(args: list[str], log_path: Path, env: dict[str, str] | None = None,
 @pytest.fixture(scope="session")
 def ops_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Keys from all three sources, tiny per-key limits, one sequence and a one-deep
-    queue with a one-second wait, protected /metrics, and an access log."""
+    queue with a half-second wait, protected /metrics, and an access log."""
     root = tmp_path_factory.mktemp("ops")
     keys = root / "keys.txt"
     keys.write_text("# keys for the ops tests\n" + "".join(
         f"{k}   # test key {i}\n" for i, k in enumerate(FILE_KEYS)) + "\n")
     args = ["--api-key", FLAG_KEY, "--api-key-file", str(keys),
             "--rpm", str(OPS_RPM), "--tpm", str(OPS_TPM),
-            "--max-sequences", "1", "--max-queue", "1", "--max-queue-wait", "1",
+            "--max-sequences", "1", "--max-queue", "1", "--max-queue-wait", "0.5",
             "--ctx-size", "512", "--metrics-require-key",
             "--access-log", str(root / "access.log")]
     with running(args, root / "server.log", env={"CHATD_API_KEY": ENV_KEY}) as server:
