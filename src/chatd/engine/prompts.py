@@ -11,8 +11,9 @@ through a dense copy of the same weights, a lone sequence decodes on the file's 
 (steps of two or more sequences go through the copy too: engine/weights.py; prompts
 still come here then, where their rows attend only to their own cells). chatd's patch
 to llama.cpp (patches/) gives Q4_1 the interleaved Q4_0 kernels; where it is built in,
-the file beats the copy at every batch size but the longest prompts, and `auto` leaves
-this off (docs/performance.md).
+the file beats the copy at every decode batch size and comes within ~15% of it on a
+512-token prompt (1,401 against 1,609 tok/s here), and `auto` leaves this off
+(docs/performance.md).
 
 How a prompt goes: the engine hands a sequence's prompt, all but its last token, to
 this runner. Its cached prefix, if any, is copied in (KV bytes, ~23 KB a token for
@@ -135,7 +136,7 @@ def auto_reason(file_type: int | None, needs: int, *, gpu: bool,
     goes on; `needs` is `dense_bytes` for the cells that path adds. `interleaved`: llama.cpp
     holds the weights interleaved for its batched kernels, which for a Q4_1 file takes
     chatd's patch to it (patches/); then the file is faster than the copy at every
-    batch size (docs/performance.md)."""
+    decode batch size and within ~15% of it on prompts (docs/performance.md)."""
     if deterministic:
         return "--deterministic"
     if gpu:
