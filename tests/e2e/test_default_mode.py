@@ -43,10 +43,11 @@ def test_health_reports_the_mode(fast_server: ServerProcess, server_url: str) ->
     assert fast_health["kv_cache"] == "f16" and fast_health["deterministic"] is False
     main_health = httpx.get(server_url + "/health").json()
     assert main_health["kv_cache"] == "q8_0" and main_health["deterministic"] is True
-    # Interleaved kernels round a row by the batch it is in: not in --deterministic.
+    # --deterministic keeps llama.cpp's plain kernels, the ones its invariance is
+    # checked on; the default interleaves the weights where llama.cpp can.
     assert "interleaved" not in main_health["weights"]
     if "avx2" in cpu_flags() and not cpu_has_amx():  # test_interleaved_weights.py
-        # ... and then `auto` takes no dense copy: the file beats it at every batch size
+        # ... and then `auto` takes no dense copy: the file beats it at decoding
         assert fast_health["weights"] == "Q4_1 (interleaved for llama.cpp's batched kernels)"
 
 
