@@ -42,8 +42,12 @@ def all_logits(model: LlamaModel, tokens: list[int]) -> np.ndarray:
         model.decode(tokens[start:end], list(range(start, end)), [0] * (end - start),
                      [True] * (end - start))
         rows.append(model.logits_rows(list(range(end - start))).astype(np.float64))
-    x = np.concatenate(rows)
-    x -= x.max(axis=1, keepdims=True)
+    return log_softmax(np.concatenate(rows))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Rows of logits (float64) as log-probabilities."""
+    x = x - x.max(axis=1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 

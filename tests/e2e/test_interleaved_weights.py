@@ -20,7 +20,7 @@ import llama_cpp as lc
 import numpy as np
 import pytest
 
-from benchmarks.dense_decode import all_logits, compare
+from benchmarks.dense_decode import all_logits, compare, log_softmax
 from benchmarks.workloads import REPEAT_TEXT
 from chatd.engine.llama import LlamaModel, LlamaSettings, cpu_has_amx
 from chatd.engine.prompts import cpu_flags
@@ -97,8 +97,5 @@ def test_one_row_at_a_time_matches_the_batch_up_to_rounding(tokens: list[int]) -
             rows.append(model.logits_rows([0]).astype(np.float64))
     finally:
         model.close()
-    x = np.concatenate(rows)
-    x -= x.max(axis=1, keepdims=True)
-    single = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-    row = compare(batch, single)
+    row = compare(batch, log_softmax(np.concatenate(rows)))
     assert row["kl_mean"] < 0.01 and row["top_agree"] >= 0.9, row
